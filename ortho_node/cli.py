@@ -1,0 +1,226 @@
+"""``ortho-node``: the command line. Commands parse options, build Settings and call one function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from ortho_node.config import CONFIG_ENV_VAR, Settings, describe_validation_error, effective_config, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI node for musculoskeletal imaging (PACS in, DICOM SR/SC out).")
+db_app = typer.Typer(no_args_is_help=True, help="Index database.")
+config_app = typer.Typer(no_args_is_help=True, help="Configuration.")
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _mount_optional_apps() -> None:
+    try:
+        from ortho_node.model.cli import app as model_app
+    except ImportError:
+        return
+    app.add_typer(model_app, name="model", help="Model bundles: import, info, verify.")
+
+
+_mount_optional_apps()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO; its association events are logged by our handlers.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Build Settings or exit with status 2 and one line per invalid field."""
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        err_console.print(f"[red]invalid configuration[/red]\n{describe_validation_error(exc)}")
+        raise typer.Exit(2) from exc
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]invalid configuration[/red]: {exc}")
+        raise typer.Exit(2) from exc
+
+
+def overrides_to_env(overrides: dict[str, Any], prefix: str = "ORTHO_") -> dict[str, str]:
+    """Flatten CLI overrides into the ``ORTHO_*`` variables a child process reads."""
+    env: dict[str, str] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        name = f"{prefix}{key.upper()}"
+        if isinstance(value, dict):
+            env.update(overrides_to_env(value, prefix=f"{name}__"))
+        else:
+            env[name] = str(value)
+    return env
+
+
+@app.callback()
+def main_options(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (else $ORTHO_CONFIG)."),
+) -> None:
+    if config is not None:
+        os.environ[CONFIG_ENV_VAR] = str(config.resolve())
+
+
+def _cli_overrides(
+    *,
+    var_dir: Optional[Path] = None,
+    port: Optional[int] = None,
+    ae_title: Optional[str] = None,
+    http_port: Optional[int] = None,
+    database_url: Optional[str] = None,
+    broker_url: Optional[str] = None,
+) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "var_dir": str(var_dir.resolve()) if var_dir else None,
+        "database_url": database_url,
+        "broker_url": broker_url,
+    }
+    dimse = {k: v for k, v in {"port": port, "ae_title": ae_title}.items() if v is not None}
+    if dimse:
+        overrides["dimse"] = dimse
+    if http_port is not None:
+        overrides["http"] = {"port": http_port}
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+@app.command()
+def serve(
+    var_dir: Optional[Path] = typer.Option(None, help="Where the store and embedded databases live."),
+    port: Optional[int] = typer.Option(None, help="DIMSE port."),
+    ae_title: Optional[str] = typer.Option(None, help="The node's AE title."),
+    database_url: Optional[str] = typer.Option(None, "--database", help="Index database URL (default SQLite)."),
+    broker_url: Optional[str] = typer.Option(None, "--broker", help="Celery broker URL (default embedded)."),
+    worker: Optional[bool] = typer.Option(None, "--worker/--no-worker", help="Start an embedded worker process."),
+) -> None:
+    """Run the node: DIMSE SCP, study assembly, outbox and (by default) a worker process."""
+    from ortho_node.node import Node
+
+    overrides = _cli_overrides(var_dir=var_dir, port=port, ae_title=ae_title, database_url=database_url, broker_url=broker_url)
+    settings = _settings(**overrides)
+    configure_logging(settings.log_level)
+    node = Node(settings, start_worker=worker, worker_env={**os.environ, **overrides_to_env(overrides)})
+    try:
+        node.start()
+    except Exception as exc:
+        logging.getLogger("ortho_node").exception("node failed to start")
+        err_console.print(f"[red]node failed to start[/red]: {exc}")
+        node.stop()
+        raise typer.Exit(1) from exc
+    node.run_until_signalled()
+
+
+@app.command()
+def worker(
+    concurrency: Optional[int] = typer.Option(None, help="Parallel jobs in this process (default from config)."),
+    pool: str = typer.Option("threads", help="Celery pool: threads keeps one resident model per process."),
+    var_dir: Optional[Path] = typer.Option(None),
+    database_url: Optional[str] = typer.Option(None, "--database"),
+    broker_url: Optional[str] = typer.Option(None, "--broker"),
+) -> None:
+    """Run a Celery worker that processes jobs (one per GPU host, or embedded by serve)."""
+    from ortho_node.pipeline.celery_app import NodeCelery
+
+    settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url, broker_url=broker_url))
+    configure_logging(settings.log_level)
+    celery = NodeCelery(settings)
+    celery.worker_main(
+        [
+            "worker",
+            f"--loglevel={settings.log_level}",
+            f"--concurrency={concurrency or settings.worker.concurrency}",
+            f"--pool={pool}",
+            "--queues=ortho",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    var_dir: Optional[Path] = typer.Option(None),
+    database_url: Optional[str] = typer.Option(None, "--database"),
+) -> None:
+    """Queue depth, jobs by state and recent failures (no PHI)."""
+    from ortho_node.db.engine import Database
+    from ortho_node.db.migrate import is_up_to_date
+    from ortho_node.status import collect_status
+
+    settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
+    db = Database(settings.effective_database_url)
+    if not is_up_to_date(db.engine):
+        err_console.print("[red]the index database is missing or not migrated[/red]: run `ortho-node db upgrade`")
+        raise typer.Exit(1)
+    snapshot = collect_status(db, quarantine_dir=settings.quarantine_dir)
+    db.dispose()
+    if as_json:
+        typer.echo(json.dumps(snapshot.as_json(), indent=2))
+        return
+    table = Table(title="ortho-node status", show_header=False)
+    table.add_row("queue depth (queued jobs)", str(snapshot.queue_depth))
+    table.add_row("  of which unpublished (outbox)", str(snapshot.unpublished_jobs))
+    table.add_row("running jobs", str(snapshot.running_jobs))
+    table.add_row("studies receiving / total", f"{snapshot.studies_receiving} / {snapshot.studies_total}")
+    table.add_row("instances stored", str(snapshot.instances_total))
+    table.add_row("quarantined duplicates", str(snapshot.quarantined_duplicates))
+    for state, count in snapshot.jobs_by_state.items():
+        table.add_row(f"jobs {state}", str(count))
+    console.print(table)
+    if snapshot.recent_failures:
+        failures = Table(title="recent failures")
+        for column in ("job", "study", "finished", "reason"):
+            failures.add_column(column)
+        for line in snapshot.recent_failures:
+            failures.add_row(str(line.job_id), line.study, line.finished_at or "", line.reason)
+        console.print(failures)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    var_dir: Optional[Path] = typer.Option(None),
+    database_url: Optional[str] = typer.Option(None, "--database"),
+) -> None:
+    """Create or migrate the index schema to the latest revision."""
+    from ortho_node.db.migrate import upgrade
+
+    settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+    typer.echo("index database is at the latest revision")
+
+
+@config_app.command("show")
+def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print the effective configuration, secrets masked."""
+    data = effective_config(_settings())
+    typer.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

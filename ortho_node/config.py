@@ -1,0 +1,387 @@
+"""One validated Settings object for the whole node.
+
+Sources, highest priority first: explicit keyword arguments (the CLI), ``ORTHO_*`` environment
+variables (nested fields with ``__``, e.g. ``ORTHO_DIMSE__PORT=11112``), the YAML file named by
+``ORTHO_CONFIG`` (or ``--config``), then the defaults below. The defaults are the *embedded*
+setup: SQLite index, file store and Celery broker under ``./var``; nothing else to install.
+
+Each option documents its meaning, default and an example where it is defined. Settings are
+built once at start-up and passed down explicitly; nothing changes them at run time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "ORTHO_CONFIG"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
+
+
+def _check_ae_title(value: str, field: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value):
+        raise ValueError(f"{field} must be 1-16 printable characters without backslash, got {value!r}")
+    return stripped
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AllowedCaller(_Section):
+    """A calling AE title allowed to associate, optionally only from given hosts or networks.
+
+    Example (YAML): ``{ae_title: PACS1, hosts: ["10.1.2.3", "10.1.9.0/24"]}``
+    """
+
+    ae_title: str
+    hosts: tuple[str, ...] = ()
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return _check_ae_title(v, "ae_title")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for host in v:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"hosts entry {host!r} is not an IP address or network") from exc
+        return v
+
+    def permits(self, ae_title: str, host: str) -> bool:
+        if ae_title.strip() != self.ae_title:
+            return False
+        if not self.hosts:
+            return True
+        address = ipaddress.ip_address(host)
+        return any(address in ipaddress.ip_network(h, strict=False) for h in self.hosts)
+
+
+class TlsSettings(_Section):
+    """DICOM TLS for the SCP (PS3.15 B.1). Off unless ``cert`` and ``key`` are given.
+
+    ``ca`` with ``require_client_cert: true`` enforces mutual TLS.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> "TlsSettings":
+        for name in ("cert", "key", "ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} file {path} does not exist")
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert needs ca (the CA that signs client certificates)")
+        return self
+
+
+class DimseSettings(_Section):
+    """The DIMSE SCP (C-ECHO, C-STORE).
+
+    ``allowed_callers`` empty means any calling AE title may associate (logged as a warning at
+    start-up); a hospital deployment should list its PACS and modalities.
+    ``max_pdu`` is the largest P-DATA PDU we accept, in bytes; 0 means unlimited.
+    """
+
+    ae_title: str = "ORTHO"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(16, ge=1, le=1000)
+    max_pdu: int = Field(0, ge=0)
+    allowed_callers: tuple[AllowedCaller, ...] = ()
+    require_called_ae_title: bool = False
+    tls: TlsSettings | None = None
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+    idle_poll_delay_s: float = Field(
+        0.001,
+        ge=0,
+        le=0.01,
+        description="pynetdicom's DUL reactor sleep when idle; 0 trades idle CPU for C-STORE latency",
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return _check_ae_title(v, "ae_title")
+
+
+class HttpSettings(_Section):
+    """The HTTP API (DICOMweb, admin, /metrics)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8042, ge=1, le=65535)
+    enabled: bool = True
+
+
+class StableAge(_Section):
+    """Seconds without a new instance after which a study counts as complete.
+
+    ``per_modality`` overrides the default; a study with several modalities waits for the
+    longest of them. Example: ``{default_s: 10, per_modality: {MR: 30, DX: 5}}``.
+    """
+
+    default_s: float = Field(10.0, gt=0)
+    per_modality: dict[str, float] = Field(default_factory=lambda: {"CR": 5.0, "DX": 5.0, "MR": 20.0})
+
+    @field_validator("per_modality")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for modality, seconds in v.items():
+            if seconds <= 0:
+                raise ValueError(f"per_modality[{modality}] must be > 0 seconds, got {seconds}")
+        return {k.upper(): float(s) for k, s in v.items()}
+
+    def for_modalities(self, modalities: set[str]) -> float:
+        return max((self.per_modality.get(m.upper(), self.default_s) for m in modalities), default=self.default_s)
+
+
+class RoutingMatch(_Section):
+    """Conditions of a routing rule; all given conditions must hold for a series.
+
+    Lists match exactly, case-insensitive; ``*_pattern`` fields are Python regular expressions
+    searched case-insensitively.
+    """
+
+    modality: tuple[str, ...] = ()
+    body_part: tuple[str, ...] = ()
+    calling_ae: tuple[str, ...] = ()
+    study_description_pattern: str | None = None
+    series_description_pattern: str | None = None
+
+    @field_validator("study_description_pattern", "series_description_pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {v!r}: {exc}") from exc
+        return v
+
+
+class RoutingRule(_Section):
+    """One routing rule: the first rule whose ``match`` holds for a series decides its fate."""
+
+    name: str = Field(min_length=1)
+    action: Literal["process", "ignore"]
+    match: RoutingMatch = RoutingMatch()
+
+
+class RoutingSettings(_Section):
+    """Which studies the node processes (see docs in ``ortho_node/ingest/rules.py``).
+
+    Rules come from ``rules`` here and/or a YAML ``rules_file`` (its rules are appended).
+    ``default_action`` applies to series no rule matches.
+    """
+
+    rules: tuple[RoutingRule, ...] = ()
+    rules_file: Path | None = None
+    default_action: Literal["process", "ignore"] = "process"
+
+
+class DimseDestination(_Section):
+    """A C-STORE SCU destination for results."""
+
+    kind: Literal["dimse"] = "dimse"
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str | None = None
+    tls: TlsSettings | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return _check_ae_title(v, "ae_title")
+
+
+class StowDestination(_Section):
+    """A STOW-RS destination for results (basic or bearer auth)."""
+
+    kind: Literal["stow"] = "stow"
+    name: str
+    url: str
+    username: str | None = None
+    password: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    verify_tls: bool = True
+
+
+class DeliverySettings(_Section):
+    """Retry policy for result delivery."""
+
+    max_attempts: int = Field(6, ge=1)
+    backoff_initial_s: float = Field(5.0, gt=0)
+    backoff_max_s: float = Field(600.0, gt=0)
+    include_key_objects: bool = False
+
+
+class WorkerSettings(_Section):
+    """Model workers."""
+
+    bundle: Path | None = Field(None, description="model bundle directory; default: the packaged demo bundle")
+    device: str = "cpu"
+    concurrency: int = Field(1, ge=1, le=64)
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: float = Field(20.0, ge=0)
+    compile: bool = False
+    embedded: bool = Field(True, description="serve starts a worker process itself")
+    job_lease_s: float = Field(900.0, gt=0, description="a running job silent this long is requeued")
+    max_attempts: int = Field(3, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {v!r}")
+        return v
+
+
+class Settings(BaseSettings):
+    """The node's configuration. See the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ORTHO_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    var_dir: Path = Field(Path("var"), description="store, embedded databases and results live here")
+    database_url: SecretStr | None = Field(None, description="default: sqlite:///<var_dir>/index.sqlite")
+    broker_url: SecretStr | None = Field(None, description="default: sqla+sqlite:///<var_dir>/broker.sqlite")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    dimse: DimseSettings = DimseSettings()
+    http: HttpSettings = HttpSettings()
+    stable_age: StableAge = StableAge()
+    assembler_interval_s: float = Field(1.0, gt=0, le=60)
+    routing: RoutingSettings = RoutingSettings()
+    destinations: tuple[DimseDestination | StowDestination, ...] = ()
+    delivery: DeliverySettings = DeliverySettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV_VAR)
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV_VAR}={config_file}: no such config file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_destinations(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
+        names = [d.name for d in v]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique, repeated: {', '.join(duplicates)}")
+        return v
+
+    # Derived locations: one place that says where everything lives under var_dir.
+    @property
+    def store_dir(self) -> Path:
+        return self.var_dir / "store"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.var_dir / "results"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.var_dir / "quarantine"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.var_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        if self.broker_url is not None:
+            return self.broker_url.get_secret_value()
+        return f"sqla+sqlite:///{(self.var_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return self.effective_broker_url.startswith("sqla+sqlite")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from a YAML file (optional), the environment and explicit overrides.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        An invalid value; the message names the field (see :func:`describe_validation_error`).
+    """
+    if config_file is not None:
+        os.environ[CONFIG_ENV_VAR] = str(config_file)
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def describe_validation_error(exc: Exception) -> str:
+    """One line per invalid field: ``dimse.port: Input should be less than or equal to 65535``."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc)
+    lines = []
+    for err in errors():
+        location = ".".join(str(part) for part in err.get("loc", ())) or "(settings)"
+        lines.append(f"{location}: {err.get('msg')}")
+    return "\n".join(lines)
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<user>[^:/@]*):(?P<pw>[^@]*)@", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """Hide a password embedded in a URL: ``redis://:s3cret@h/0`` → ``redis://:***@h/0``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data with every secret masked (for ``config show``)."""
+    data = settings.model_dump(mode="json")
+    data["database_url"] = mask_url(settings.effective_database_url)
+    data["broker_url"] = mask_url(settings.effective_broker_url)
+    for dest in data.get("destinations", []):
+        for secret in ("password", "bearer_token"):
+            if dest.get(secret):
+                dest[secret] = "***"
+        if "url" in dest:
+            dest["url"] = mask_url(dest["url"])
+    return data

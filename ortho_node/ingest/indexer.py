@@ -1,0 +1,147 @@
+"""Record stored instances in the index: study, series and instance rows, one transaction each.
+
+The instance row and the study's "new data arrived" mark commit together, before the caller
+acknowledges the instance. Study and series ids are cached per process, so the common case (the
+next slice of a known series) costs two statements: insert the instance, touch the study.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ortho_node.db.engine import Database
+from ortho_node.db.models import Instance, Series, Study, StudyState, utcnow
+from ortho_node.ingest.header import InstanceHeader
+
+
+class IndexUnavailableError(Exception):
+    """The index database could not record an instance (it is not acknowledged)."""
+
+
+@dataclass(frozen=True)
+class IndexedInstance:
+    """What recording an instance did: ``new`` is False when the row already existed."""
+
+    study_id: int
+    series_id: int
+    new: bool
+
+
+class Indexer:
+    """Writes instance rows; safe to call from many association threads at once."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        dialect = db.engine.dialect.name
+        self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._study_ids: dict[str, int] = {}
+        self._series_ids: dict[str, int] = {}
+        self._cache_lock = threading.Lock()
+
+    def record_instance(
+        self,
+        header: InstanceHeader,
+        *,
+        relative_path: str,
+        size_bytes: int,
+        sha256: str,
+        transfer_syntax_uid: str,
+        calling_ae: str | None,
+        source: str,
+        out_of_scope_reason: str | None,
+    ) -> IndexedInstance:
+        """Insert the instance (idempotent) and mark its study as receiving if it is new.
+
+        Raises
+        ------
+        IndexUnavailableError
+            The database refused or is unreachable; nothing was committed.
+        """
+        try:
+            with self._db.session() as session:
+                study_id = self._study_id(session, header)
+                series_id = self._series_id(session, header, study_id, calling_ae)
+                inserted = session.execute(
+                    self._insert(Instance)
+                    .values(
+                        study_id=study_id,
+                        series_id=series_id,
+                        sop_instance_uid=header.sop_instance_uid,
+                        sop_class_uid=header.sop_class_uid,
+                        transfer_syntax_uid=transfer_syntax_uid,
+                        instance_number=header.instance_number,
+                        path=relative_path,
+                        size_bytes=size_bytes,
+                        sha256=sha256,
+                        calling_ae=calling_ae,
+                        source=source,
+                        out_of_scope_reason=out_of_scope_reason,
+                        received_at=utcnow(),
+                    )
+                    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+                )
+                new = inserted.rowcount == 1
+                if new:
+                    session.execute(
+                        update(Study)
+                        .where(Study.id == study_id)
+                        .values(state=StudyState.RECEIVING.value, last_received_at=utcnow())
+                    )
+        except SQLAlchemyError as exc:
+            # A rolled-back transaction may have cached ids of rows that never committed.
+            with self._cache_lock:
+                self._study_ids.pop(header.study_instance_uid, None)
+                self._series_ids.pop(header.series_instance_uid, None)
+            raise IndexUnavailableError(f"index database error: {type(exc).__name__}") from exc
+        return IndexedInstance(study_id=study_id, series_id=series_id, new=new)
+
+    def _study_id(self, session: Session, header: InstanceHeader) -> int:
+        cached = self._study_ids.get(header.study_instance_uid)
+        if cached is not None:
+            return cached
+        session.execute(
+            self._insert(Study)
+            .values(
+                study_instance_uid=header.study_instance_uid,
+                state=StudyState.RECEIVING.value,
+                study_description=header.study_description,
+                first_received_at=utcnow(),
+                last_received_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        )
+        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == header.study_instance_uid))
+        with self._cache_lock:
+            self._study_ids[header.study_instance_uid] = study_id
+        return study_id
+
+    def _series_id(self, session: Session, header: InstanceHeader, study_id: int, calling_ae: str | None) -> int:
+        cached = self._series_ids.get(header.series_instance_uid)
+        if cached is not None:
+            return cached
+        session.execute(
+            self._insert(Series)
+            .values(
+                study_id=study_id,
+                series_instance_uid=header.series_instance_uid,
+                modality=header.modality,
+                body_part=header.body_part,
+                series_description=header.series_description,
+                series_number=header.series_number,
+                calling_ae=calling_ae,
+            )
+            .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+        )
+        series_id = session.scalar(
+            select(Series.id).where(Series.series_instance_uid == header.series_instance_uid)
+        )
+        with self._cache_lock:
+            self._series_ids[header.series_instance_uid] = series_id
+        return series_id

@@ -1,0 +1,157 @@
+"""The serving node: wires store, index, SCP, assembler, outbox and (embedded) worker together.
+
+``ortho-node serve`` builds one :class:`Node` and runs it until SIGTERM/SIGINT. This module is
+the composition root: the only place that knows every stage; the stages know only their
+neighbours' typed interfaces.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+
+from ortho_node.config import Settings
+from ortho_node.db.engine import Database
+from ortho_node.db.migrate import upgrade
+from ortho_node.dimse.scp import RunningScp, start_scp
+from ortho_node.ingest.assembler import Assembler
+from ortho_node.ingest.indexer import Indexer
+from ortho_node.ingest.rules import load_rules
+from ortho_node.ingest.service import IngestService
+from ortho_node.pipeline.celery_app import NodeCelery
+from ortho_node.pipeline.jobs import requeue_stale
+from ortho_node.pipeline.outbox import JobPublisher, due_for_publishing
+from ortho_node.store import InstanceStore
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_REPUBLISH_AFTER = dt.timedelta(minutes=30)
+_STALE_CHECK_EVERY_S = 10.0
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (even by SIGKILL), so no orphan worker."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedWorker:
+    """An ``ortho-node worker`` child process, restarted if it dies while the node runs."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = dict(env)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._restarts = 0
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "ortho_node.cli", "worker"]
+        self._process = subprocess.Popen(command, env=self._env, preexec_fn=_die_with_parent)  # noqa: S603
+        log.info("embedded worker started (pid %d)", self._process.pid)
+
+    def check(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            self._restarts += 1
+            log.error("embedded worker exited with code %s; restarting (%d)", self._process.returncode, self._restarts)
+            time.sleep(min(30.0, 2.0**self._restarts))
+            self.start()
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+class Node:
+    """Everything ``serve`` runs, in one object with start/stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        start_worker: bool | None = None,
+        worker_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._start_worker = settings.worker.embedded if start_worker is None else start_worker
+        self._worker_env = dict(os.environ if worker_env is None else worker_env)
+        self._stop = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+        self.scp: RunningScp | None = None
+        self.worker: EmbeddedWorker | None = None
+
+    def start(self) -> None:
+        settings = self.settings
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.effective_database_url)
+        self.db = Database(settings.effective_database_url)
+        self.store = InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir)
+        self.store.discard_temporary_files()
+        self.ingest = IngestService(self.store, Indexer(self.db))
+        self.assembler = Assembler(self.db, settings, load_rules(settings.routing))
+        self.app = NodeCelery(settings)
+        self.publisher = JobPublisher(self.db, self.app)
+        self.scp = start_scp(settings.dimse, self.ingest)
+        if self._start_worker:
+            self.worker = EmbeddedWorker(self._worker_env)
+            self.worker.start()
+        self._loop_thread = threading.Thread(target=self._loop, name="assembler", daemon=True)
+        self._loop_thread.start()
+
+    def run_until_signalled(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self._stop.set())
+        self._stop.wait()
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.scp is not None:
+            self.scp.stop()
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=10)
+        if self.worker is not None:
+            self.worker.stop()
+        if hasattr(self, "db"):
+            self.db.dispose()
+        log.info("node stopped")
+
+    def run_assembly_pass(self) -> None:
+        """One pass of the background loop: assemble, publish, recover stale jobs."""
+        result = self.assembler.run_once()
+        if result.queued_job_ids:
+            self.publisher.publish(result.queued_job_ids)
+        self.publisher.publish(due_for_publishing(self.db, republish_after=_REPUBLISH_AFTER))
+
+    def _loop(self) -> None:
+        last_stale_check = 0.0
+        worker_settings = self.settings.worker
+        while not self._stop.wait(self.settings.assembler_interval_s):
+            try:
+                self.run_assembly_pass()
+                if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY_S:
+                    last_stale_check = time.monotonic()
+                    requeued = requeue_stale(
+                        self.db,
+                        lease=dt.timedelta(seconds=worker_settings.job_lease_s),
+                        max_attempts=worker_settings.max_attempts,
+                    )
+                    if requeued:
+                        self.publisher.publish(requeued)
+                if self.worker is not None:
+                    self.worker.check()
+            except Exception:  # the loop must survive a bad pass (e.g. the database restarting)
+                log.exception("assembler pass failed; retrying next interval")

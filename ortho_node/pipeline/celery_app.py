@@ -1,0 +1,113 @@
+"""The Celery application: built from Settings, one per process, tasks registered on it.
+
+Embedded default broker: kombu's SQLAlchemy transport on a SQLite file under the var dir (no
+server to run). Production: ``broker_url: redis://…``. Either way tasks take job ids only,
+claim their job atomically, and are safe to run twice (``acks_late``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+
+from ortho_node.config import Settings
+from ortho_node.db.engine import Database
+from ortho_node.pipeline import jobs
+from ortho_node.pipeline.context import WorkerContext
+from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
+from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
+from ortho_node.store import InstanceStore
+
+log = logging.getLogger(__name__)
+
+
+def _broker_transport_options(settings: Settings) -> dict:
+    url = settings.effective_broker_url
+    if url.startswith("sqla+sqlite"):
+        # Passed to create_engine by kombu: wait on a locked SQLite file instead of failing.
+        return {"connect_args": {"timeout": 30}}
+    if url.startswith(("redis://", "rediss://")):
+        # A task may run for minutes on a slow CPU; redelivery must not start before the lease.
+        return {
+            "visibility_timeout": int(settings.worker.job_lease_s * 2),
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        }
+    return {}
+
+
+class NodeCelery(Celery):
+    """Celery app carrying the node's Settings and a lazily built worker context."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("ortho_node", broker=settings.effective_broker_url)
+        self.settings = settings
+        self._context: WorkerContext | None = None
+        self._context_lock = threading.Lock()
+        self.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            task_ignore_result=True,
+            result_backend=None,
+            task_acks_late=True,
+            task_reject_on_worker_lost=False,  # a job that kills workers must not loop; the lease sweeper retries it
+            worker_prefetch_multiplier=1,
+            task_default_queue="ortho",
+            broker_connection_retry_on_startup=True,
+            broker_connection_timeout=3,
+            broker_transport_options=_broker_transport_options(settings),
+            worker_hijack_root_logger=False,
+            worker_send_task_events=False,
+            enable_utc=True,
+        )
+        register_tasks(self)
+
+    def worker_context(self) -> WorkerContext:
+        """The process-wide context, built on first use (in the worker, not at import)."""
+        with self._context_lock:
+            if self._context is None:
+                self._context = build_worker_context(self.settings)
+            return self._context
+
+
+def build_worker_context(settings: Settings) -> WorkerContext:
+    from ortho_node.pipeline.process import summarise_study
+
+    db = Database(settings.effective_database_url)
+    store = InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir)
+    return WorkerContext(settings=settings, db=db, store=store, process=summarise_study)
+
+
+def _backoff_s(retries: int) -> float:
+    return min(600.0, 5.0 * (2**retries))
+
+
+def register_tasks(app: NodeCelery) -> None:
+    max_attempts = app.settings.worker.max_attempts
+
+    @app.task(name=PROCESS_STUDY_TASK, bind=True, acks_late=True, max_retries=max_attempts - 1)
+    def process_study(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
+        """Run one job: claim it, process it, record done/failed. Returns the outcome."""
+        context = self.app.worker_context()
+        job = jobs.claim(context.db, job_id)
+        if job is None:
+            return "skipped"
+        try:
+            summary = context.process(job)
+        except TransientJobError as exc:
+            if self.request.retries >= self.max_retries:
+                jobs.fail(context.db, job_id, f"gave up after {job.attempt} attempts: {exc}")
+                return "failed"
+            jobs.release_for_retry(context.db, job_id, str(exc))
+            raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries))
+        except PermanentJobError as exc:
+            jobs.fail(context.db, job_id, str(exc))
+            return "failed"
+        except Exception as exc:  # the task boundary: record, never lose the failure
+            log.exception("job %d failed unexpectedly", job_id)
+            jobs.fail(context.db, job_id, f"unexpected error: {type(exc).__name__}: {exc}")
+            return "failed"
+        jobs.complete(context.db, job_id, summary)
+        return "done"

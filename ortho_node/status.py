@@ -1,0 +1,79 @@
+"""A PHI-free snapshot of what the node is doing, for ``ortho-node status`` and the admin API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from ortho_node.db.engine import Database
+from ortho_node.db.models import Instance, Job, JobState, Study, StudyState
+from ortho_node.privacy import uid_ref
+
+
+@dataclass(frozen=True)
+class FailureLine:
+    job_id: int
+    study: str  # uid_ref, never the UID
+    finished_at: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    jobs_by_state: dict[str, int]
+    queue_depth: int  # queued jobs, published or not
+    unpublished_jobs: int  # still in the outbox (broker down or not yet swept)
+    running_jobs: int
+    studies_receiving: int
+    studies_total: int
+    instances_total: int
+    quarantined_duplicates: int
+    recent_failures: list[FailureLine] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def _count_quarantined(quarantine_dir: Path) -> int:
+    if not quarantine_dir.is_dir():
+        return 0
+    return sum(1 for _ in quarantine_dir.glob("*/*.dcm"))
+
+
+def collect_status(db: Database, *, quarantine_dir: Path, failures: int = 10) -> NodeStatus:
+    with db.session() as session:
+        by_state = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).tuples().all())
+        unpublished = session.scalar(
+            select(func.count(Job.id)).where(Job.state == JobState.QUEUED.value, Job.published_at.is_(None))
+        )
+        receiving = session.scalar(select(func.count(Study.id)).where(Study.state == StudyState.RECEIVING.value))
+        studies = session.scalar(select(func.count(Study.id)))
+        instances = session.scalar(select(func.count(Instance.id)))
+        failed = session.execute(
+            select(Job.id, Study.study_instance_uid, Job.finished_at, Job.reason)
+            .join(Study, Job.study_id == Study.id)
+            .where(Job.state == JobState.FAILED.value)
+            .order_by(Job.finished_at.desc(), Job.id.desc())
+            .limit(failures)
+        ).all()
+    return NodeStatus(
+        jobs_by_state={state.value: int(by_state.get(state.value, 0)) for state in JobState},
+        queue_depth=int(by_state.get(JobState.QUEUED.value, 0)),
+        unpublished_jobs=int(unpublished or 0),
+        running_jobs=int(by_state.get(JobState.RUNNING.value, 0)),
+        studies_receiving=int(receiving or 0),
+        studies_total=int(studies or 0),
+        instances_total=int(instances or 0),
+        quarantined_duplicates=_count_quarantined(quarantine_dir),
+        recent_failures=[
+            FailureLine(
+                job_id=job_id,
+                study=uid_ref(study_uid),
+                finished_at=finished.isoformat(timespec="seconds") if finished else None,
+                reason=reason or "",
+            )
+            for job_id, study_uid, finished, reason in failed
+        ],
+    )
