@@ -44,7 +44,7 @@ def _count_quarantined(quarantine_dir: Path) -> int:
 
 def collect_status(db: Database, *, quarantine_dir: Path, failures: int = 10) -> NodeStatus:
     with db.session() as session:
-        by_state = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).tuples().all())
+        by_state = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
         unpublished = session.scalar(
             select(func.count(Job.id)).where(Job.state == JobState.QUEUED.value, Job.published_at.is_(None))
         )

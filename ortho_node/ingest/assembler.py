@@ -46,7 +46,7 @@ def _series_facts(session: Session, study: Study) -> list[SeriesFacts]:
         .where(Instance.study_id == study.id, Instance.out_of_scope_reason.is_(None))
         .group_by(Instance.series_id)
     )
-    counts = dict(session.execute(analysable).tuples().all())
+    counts = dict(session.execute(analysable).all())
     return [
         SeriesFacts(
             series_id=s.id,

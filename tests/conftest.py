@@ -1,0 +1,51 @@
+"""Shared fixtures: real node processes, real Redis / PostgreSQL, generated knee studies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.peers import NodeProcess, RedisServer, fresh_postgres_database, node_config
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., NodeProcess]]:
+    """Build ``ortho-node serve`` subprocesses; all are stopped after the test (logs shown on failure)."""
+    nodes: list[NodeProcess] = []
+
+    def make(name: str = "node", *, extra_args: tuple[str, ...] = (), **overrides: Any) -> NodeProcess:
+        workdir = tmp_path / name
+        node = NodeProcess(workdir, node_config(workdir, **overrides), extra_args=extra_args)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for node in nodes:
+            print(f"\n----- {node.workdir.name} serve.log (tail) -----\n{node.log()[-8000:]}")
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        yield url
