@@ -1,0 +1,341 @@
+"""TID 1500 SR of the AI findings: validity (dciodvfy -new) and coded content read back with srread."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from ortho_node.model.findings import ImageRef, Laterality, OutcomeStatus, StudyFindings, TaskOutcome
+from ortho_node.results import FindingsReport, ResultObjects, ResultUIDs, build_result_objects
+from tests.results_support import (
+    KL_VALUES,
+    acl_finding,
+    algorithm_of,
+    all_groups,
+    dciodvfy,
+    failed,
+    group_by_text,
+    items_named,
+    kl_finding,
+    make_dx,
+    make_mr_series,
+    model,
+    ref,
+    replace,
+    roi_image_uid,
+    root_evaluations,
+    study,
+    unexpected_warnings,
+)
+
+
+@dataclass
+class Case:
+    findings: StudyFindings
+    sources: list[Dataset]
+    results: ResultObjects
+    sr: hd.sr.Comprehensive3DSR  # read back from file
+    outputs: dict[str, str]  # dciodvfy output per written file
+
+
+def _build(tmp: Path, findings: StudyFindings, sources: list[Dataset], **kw) -> Case:
+    results = build_result_objects(findings, sources=sources, include_key_objects=True, **kw)
+    outputs = {}
+    for i, obj in enumerate(results):
+        path = tmp / f"{i:02d}_{obj.kind.value}.dcm"
+        errors, out = dciodvfy(obj.dataset, path)
+        outputs[path.name] = out
+    sr = hd.sr.srread(tmp / "00_sr.dcm")
+    return Case(findings, sources, results, sr, outputs)
+
+
+@pytest.fixture(scope="module")
+def xray(tmp_path_factory) -> Case:
+    su = generate_uid()
+    dx = make_dx(su, laterality="L")
+    f = study(su, findings=(kl_finding(dx, grade=3),), evaluated_images=(ref(dx),))
+    return _build(tmp_path_factory.mktemp("xray"), f, [dx])
+
+
+@pytest.fixture(scope="module")
+def mri(tmp_path_factory) -> Case:
+    su = generate_uid()
+    series = make_mr_series(su, n_slices=4)
+    f = study(
+        su,
+        findings=(acl_finding(series[2], series),),
+        not_evaluated=(failed("meniscus_tear", "Meniscus tear", laterality=Laterality.RIGHT),),
+        evaluated_images=tuple(ref(d) for d in series),
+    )
+    return _build(tmp_path_factory.mktemp("mri"), f, series)
+
+
+@pytest.fixture(scope="module")
+def bilateral(tmp_path_factory) -> Case:
+    """Both knees on one radiograph (Image Laterality B): a left and a right KL finding."""
+    su = generate_uid()
+    dx = make_dx(su, laterality="B", cols=240)
+    left = kl_finding(dx, grade=2, laterality=Laterality.LEFT, region=(130.0, 60.0, 230.0, 180.0))
+    right = kl_finding(dx, grade=4, laterality=Laterality.RIGHT, region=(10.0, 60.0, 110.0, 180.0))
+    f = study(su, findings=(right, left), evaluated_images=(ref(dx),))
+    return _build(tmp_path_factory.mktemp("bilateral"), f, [dx])
+
+
+@pytest.fixture(scope="module")
+def out_of_scope(tmp_path_factory) -> Case:
+    su = generate_uid()
+    dx = make_dx(su)
+    dx.BodyPartExamined = "CHEST"
+    outcome = TaskOutcome("kl_grade", "KL grade", OutcomeStatus.OUT_OF_SCOPE, "Body part is not a knee")
+    f = study(su, out_of_scope_reason="Not a knee study (Body Part Examined CHEST)", not_evaluated=(outcome,),
+              evaluated_images=(ref(dx),))
+    return _build(tmp_path_factory.mktemp("oos"), f, [dx])
+
+
+CASES = ["xray", "mri", "bilateral", "out_of_scope"]
+
+
+@pytest.mark.parametrize("case_name", CASES)
+def test_every_object_passes_dciodvfy(case_name, request):
+    case: Case = request.getfixturevalue(case_name)
+    assert case.outputs, "nothing was written"
+    for name, out in case.outputs.items():
+        errors = [line for line in out.splitlines() if line.startswith("Error")]
+        assert not errors, f"{name}:\n{out}"
+        assert not unexpected_warnings(out), f"{name} has new warnings:\n{out}"
+
+
+def test_xray_sr_states_finding_site_laterality_value_and_probability(xray: Case):
+    sr, finding = xray.sr, xray.findings.findings[0]
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert (sr.CompletionFlag, sr.VerificationFlag) == ("PARTIAL", "UNVERIFIED")
+    group = group_by_text(sr, "KL grade (left knee)")
+    assert isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations)
+    assert hd.UID(group.tracking_uid).is_valid
+    assert (group.finding_type.value, group.finding_type.scheme_designator) == ("239873007", "SCT")
+    (site,) = group.finding_sites
+    assert (site.value.value, site.value.scheme_designator) == ("49076000", "SCT")
+    assert site.laterality.value == "7771000"  # SCT Left
+    (kl,) = group.get_qualitative_evaluations(name=hd.sr.CodedConcept("KL-GRADE", "99ORTHO", "Kellgren-Lawrence grade"))
+    assert (kl.value.value, kl.value.scheme_designator) == (KL_VALUES[3].value, "99ORTHO")
+    (num,) = group.get_measurements(name=hd.sr.CodedConcept("P-KL", "99ORTHO", "Probability of predicted KL grade"))
+    assert num.value == pytest.approx(finding.probability)
+    assert (num.unit.value, num.unit.scheme_designator) == ("1", "UCUM")
+    assert [r.referenced_sop_instance_uid for r in num.referenced_images] == [xray.sources[0].SOPInstanceUID]
+
+
+def test_algorithm_identification_on_every_group_and_probability(xray: Case, mri: Case, out_of_scope: Case):
+    for case in (xray, mri, out_of_scope):
+        for group in all_groups(case.sr):
+            assert algorithm_of(group[0]) == {"name": "OrthoFoundation-KL", "version": "1.2.0", "family": "123110^DCM"}
+            for num in group.get_measurements():
+                assert algorithm_of(num[0])["family"] == "123110^DCM"
+
+
+def test_roi_polyline_over_heatmap_region_on_key_image(xray: Case):
+    group = group_by_text(xray.sr, "KL grade (left knee)")
+    roi = group.roi
+    assert roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    c0, r0, c1, r1 = xray.findings.findings[0].heatmap.region
+    expected = [[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]]
+    np.testing.assert_allclose(roi.value, expected)
+    assert roi_image_uid(roi) == xray.sources[0].SOPInstanceUID
+
+
+def test_observer_library_schemes_equipment_and_disclaimer(xray: Case):
+    sr = xray.sr
+    device_uids = [i.UID for i in items_named(sr, "121012", "DCM")]
+    assert device_uids == [model().device_uid]
+    library = items_named(sr, "111028", "DCM")[0]
+    images = [i for grp in library.ContentSequence for i in grp.ContentSequence if i.ValueType == "IMAGE"]
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == [xray.sources[0].SOPInstanceUID]
+    assert "99ORTHO" in [s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence]
+    processing = [e for e in sr.ContributingEquipmentSequence if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"]
+    assert processing[0].ManufacturerModelName == "OrthoFoundation-KL"
+    assert processing[0].SoftwareVersions == "1.2.0"
+    assert processing[0].DeviceUID == model().device_uid
+    acquisition = [e for e in sr.ContributingEquipmentSequence if e.PurposeOfReferenceCodeSequence[0].CodeValue == "109101"]
+    assert acquisition and acquisition[0].Manufacturer == "Phantom Imaging"
+    texts = [i.TextValue for i in root_evaluations(sr) if i.ValueType == "TEXT"]
+    assert model().disclaimer in texts
+    assert "synthetic model" in sr.SeriesDescription
+    assert sr.DeviceUID == model().device_uid
+
+
+def test_mri_roi_on_key_slice_num_from_all_slices_and_failed_task(mri: Case):
+    sr, series = mri.sr, mri.sources
+    group = group_by_text(sr, "ACL tear (right knee)")
+    assert roi_image_uid(group.roi) == series[2].SOPInstanceUID
+    (present,) = group.get_qualitative_evaluations(name=hd.sr.CodedConcept("ACL-TEAR", "99ORTHO", "x"))
+    assert present.value.value == "52101004"
+    (num,) = group.get_measurements(name=hd.sr.CodedConcept("P-acl_tear", "99ORTHO", "x"))
+    assert num.value == pytest.approx(0.81)
+    assert {r.referenced_sop_instance_uid for r in num.referenced_images} == {d.SOPInstanceUID for d in series}
+    (positive,) = group.get_measurements(name=hd.sr.CodedConcept("PP-acl_tear", "99ORTHO", "x"))
+    assert positive.value == pytest.approx(0.81)
+    procedures = [i.ConceptCodeSequence[0].CodeValue for i in items_named(sr, "121058", "DCM")]
+    assert procedures == ["25056-3"]
+
+    failed_group = group_by_text(sr, "Meniscus tear (right) - not evaluated")
+    assert failed_group.finding_type.value == "NOT-EVALUATED"
+    (status,) = failed_group.get_qualitative_evaluations(name=hd.sr.CodedConcept("AI-STATUS", "99ORTHO", "x"))
+    assert status.value.value == "EVAL-FAILED"
+    (reason,) = items_named(failed_group[0], "AI-REASON", "99ORTHO")
+    assert reason.TextValue == "Inference error: series has too few slices"
+    (task,) = items_named(failed_group[0], "AI-TASK", "99ORTHO")
+    assert task.TextValue == "Meniscus tear"
+
+
+def test_bilateral_one_group_per_side_with_own_tracking_uid(bilateral: Case):
+    left = group_by_text(bilateral.sr, "KL grade (left knee)")
+    right = group_by_text(bilateral.sr, "KL grade (right knee)")
+    assert left.finding_sites[0].laterality.value == "7771000"
+    assert right.finding_sites[0].laterality.value == "24028007"
+    assert left.tracking_uid != right.tracking_uid
+    kl = hd.sr.CodedConcept("KL-GRADE", "99ORTHO", "x")
+    assert left.get_qualitative_evaluations(name=kl)[0].value.value == "KL-2"
+    assert right.get_qualitative_evaluations(name=kl)[0].value.value == "KL-4"
+    assert np.asarray(left.roi.value)[0, 0] == pytest.approx(130.0)
+    assert np.asarray(right.roi.value)[0, 0] == pytest.approx(10.0)
+    assert len(bilateral.results.secondary_captures) == 1  # both knees on one image -> one SC
+
+
+def test_bilateral_on_two_images(tmp_path):
+    su = generate_uid()
+    left_dx, right_dx = make_dx(su, laterality="L"), make_dx(su, laterality="R", instance_number=2)
+    f = study(
+        su,
+        findings=(kl_finding(left_dx, laterality=Laterality.LEFT), kl_finding(right_dx, grade=1, laterality=Laterality.RIGHT)),
+        evaluated_images=(ref(left_dx), ref(right_dx)),
+    )
+    case = _build(tmp_path, f, [left_dx, right_dx])
+    for name, out in case.outputs.items():
+        assert not [line for line in out.splitlines() if line.startswith("Error")], f"{name}:\n{out}"
+    left = group_by_text(case.sr, "KL grade (left knee)")
+    right = group_by_text(case.sr, "KL grade (right knee)")
+    assert roi_image_uid(left.roi) == left_dx.SOPInstanceUID
+    assert roi_image_uid(right.roi) == right_dx.SOPInstanceUID
+    captures = case.results.secondary_captures
+    assert [sc.Laterality for sc in captures] == ["L", "R"]
+
+
+def test_out_of_scope_is_stated_not_omitted(out_of_scope: Case):
+    sr = out_of_scope.sr
+    assert not sr.content.get_planar_roi_measurement_groups()
+    study_group = group_by_text(sr, "Study (not evaluated: out of scope)")
+    (status,) = study_group.get_qualitative_evaluations(name=hd.sr.CodedConcept("AI-STATUS", "99ORTHO", "x"))
+    assert status.value.value == "OUT-OF-SCOPE"
+    assert items_named(study_group[0], "AI-REASON")[0].TextValue == "Not a knee study (Body Part Examined CHEST)"
+    task_group = group_by_text(sr, "KL grade - not evaluated")
+    assert items_named(task_group[0], "AI-REASON")[0].TextValue == "Body part is not a knee"
+    root = {i.ConceptNameCodeSequence[0].CodeValue: i for i in root_evaluations(sr)}
+    assert root["AI-STATUS"].ConceptCodeSequence[0].CodeValue == "OUT-OF-SCOPE"
+    assert root["AI-REASON"].TextValue == "Not a knee study (Body Part Examined CHEST)"
+    kinds = [o.kind.value for o in out_of_scope.results]
+    assert kinds == ["sr", "ko"]  # no finding, no image to burn in
+
+
+def test_image_level_group_when_finding_has_no_heatmap(tmp_path):
+    su = generate_uid()
+    dx = make_dx(su)
+    f = study(su, findings=(kl_finding(dx, region=None),))
+    case = _build(tmp_path, f, [dx])
+    (group,) = case.sr.content.get_image_measurement_groups()
+    assert group.tracking_identifier == "KL grade (left knee)"
+    assert [s.referenced_sop_instance_uid for s in group.source_images] == [dx.SOPInstanceUID]
+    assert not [line for line in case.outputs["00_sr.dcm"].splitlines() if line.startswith("Error")]
+
+
+def test_missing_type2_attributes_do_not_crash_and_sources_stay_untouched(tmp_path):
+    su = generate_uid()
+    dropped = ("StudyID", "AccessionNumber", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
+               "StudyDate", "StudyTime", "PatientName", "ImagerPixelSpacing")
+    dx = make_dx(su, drop=dropped)
+    before = copy.deepcopy(dx)
+    case = _build(tmp_path, study(su, findings=(kl_finding(dx),)), [dx])
+    assert dx == before
+    assert not [k for k in dropped if k in dx]
+    for name, out in case.outputs.items():
+        assert not [line for line in out.splitlines() if line.startswith("Error")], f"{name}:\n{out}"
+    sr = case.results.sr
+    assert (sr.StudyID, sr.AccessionNumber, sr.PatientBirthDate) == ("", "", "")
+
+
+def test_non_latin1_text_switches_to_utf8(tmp_path):
+    su = generate_uid()
+    dx = make_dx(su)
+    finding = replace(kl_finding(dx), title="Gonarthrose \u2014 Kellgren\u2013Lawrence")
+    case = _build(tmp_path, study(su, findings=(finding,)), [dx])
+    assert case.results.sr.SpecificCharacterSet == "ISO_IR 192"
+    assert group_by_text(case.sr, "Gonarthrose \u2014 Kellgren\u2013Lawrence (left knee)")
+    for name, out in case.outputs.items():
+        assert not [line for line in out.splitlines() if line.startswith("Error")], f"{name}:\n{out}"
+
+
+def test_real_model_without_disclaimer_has_no_disclaimer_or_synthetic_label(tmp_path):
+    su = generate_uid()
+    dx = make_dx(su)
+    real = replace(model(synthetic=False), disclaimer="")
+    case = _build(tmp_path, study(su, model=real, findings=(kl_finding(dx),)), [dx])
+    assert "synthetic" not in case.results.sr.SeriesDescription
+    assert not items_named(case.results.sr, "C0034375", "UMLS")
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dx_and_findings():
+    su = generate_uid()
+    dx = make_dx(su)
+    return dx, study(su, findings=(kl_finding(dx),))
+
+
+def test_rejects_wrong_types(dx_and_findings):
+    dx, f = dx_and_findings
+    with pytest.raises(TypeError, match="findings must be a StudyFindings"):
+        build_result_objects("not findings", sources=[dx])
+    with pytest.raises(TypeError, match="sources must be a sequence"):
+        build_result_objects(f, sources=dx)
+    with pytest.raises(TypeError, match=r"sources\[0\] must be a pydicom Dataset"):
+        build_result_objects(f, sources=["x"])
+    with pytest.raises(TypeError, match="revision must be an int"):
+        build_result_objects(f, sources=[dx], revision="1")
+    with pytest.raises(TypeError, match="predecessor must be a PredecessorRef"):
+        build_result_objects(f, sources=[dx], revision=1, predecessor="1.2.3")
+
+
+def test_rejects_images_not_among_sources(dx_and_findings):
+    dx, f = dx_and_findings
+    stray = replace(f.findings[0], source_images=(ImageRef(dx.SOPClassUID, generate_uid(), dx.SeriesInstanceUID),))
+    with pytest.raises(ValueError, match=r"findings\.findings\[0\]\.source_images\[0\] refers to SOP instance u:[0-9a-f]{12}, which is not in sources"):
+        build_result_objects(replace(f, findings=(stray,)), sources=[dx])
+
+
+def test_rejects_bad_values(dx_and_findings):
+    dx, f = dx_and_findings
+    outside = replace(f.findings[0], heatmap=replace(f.findings[0].heatmap, region=(0.0, 0.0, 500.0, 10.0)))
+    with pytest.raises(ValueError, match=r"heatmap\.region must satisfy"):
+        build_result_objects(replace(f, findings=(outside,)), sources=[dx])
+    other = make_dx(generate_uid())
+    with pytest.raises(ValueError, match=r"sources\[1\] belongs to study"):
+        build_result_objects(f, sources=[dx, other])
+    with pytest.raises(ValueError, match="repeats task 'kl_grade'"):
+        build_result_objects(replace(f, findings=(f.findings[0], f.findings[0])), sources=[dx])
+    with pytest.raises(ValueError, match="nothing to report"):
+        build_result_objects(replace(f, findings=()), sources=[dx])
+    with pytest.raises(ValueError, match="predecessor is required at revision 1"):
+        build_result_objects(f, sources=[dx], revision=1)
+    with pytest.raises(ValueError, match="revision must be >= 0"):
+        build_result_objects(f, sources=[dx], revision=-1)
+    with pytest.raises(ValueError, match="device_uid must be a valid DICOM UID"):
+        build_result_objects(replace(f, model=replace(f.model, device_uid="not-a-uid")), sources=[dx])
+    with pytest.raises(ValueError, match="uids must be derived for the findings' study"):
+        FindingsReport(f, sources=[dx], uids=ResultUIDs(generate_uid(), f.model.device_uid, "1"), series_number=1)
