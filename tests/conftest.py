@@ -49,3 +49,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def postgres_url() -> Iterator[str]:
     with fresh_postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def multiseries_study(tmp_path_factory: pytest.TempPathFactory):
+    """A knee study: 204 MR slices in three series + 2 DX, mixed J2K / JPEG-LS / RLE / uncompressed."""
+    from tests.support.studies import write_multiseries_study
+
+    return write_multiseries_study(tmp_path_factory.mktemp("multiseries"))

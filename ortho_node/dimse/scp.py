@@ -22,22 +22,26 @@ from ortho_node.ingest.service import IngestService
 
 log = logging.getLogger(__name__)
 
+# Preference order when a sender offers several syntaxes in one presentation context
+# (pynetdicom picks the first of ours the sender proposed). Lossless compressed first: the data
+# set arrives as the sender holds it (byte-identical, less bandwidth); then uncompressed; lossy
+# last, so the node never asks a sender to compress an image lossily.
 ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    uid.ExplicitVRLittleEndian,
-    uid.ImplicitVRLittleEndian,
-    uid.DeflatedExplicitVRLittleEndian,
-    uid.JPEGBaseline8Bit,
-    uid.JPEGExtended12Bit,
-    uid.JPEGLossless,
-    uid.JPEGLosslessSV1,
     uid.JPEGLSLossless,
-    uid.JPEGLSNearLossless,
     uid.JPEG2000Lossless,
-    uid.JPEG2000,
     uid.HTJ2KLossless,
     uid.HTJ2KLosslessRPCL,
-    uid.HTJ2K,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLossless,
     uid.RLELossless,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000,
+    uid.HTJ2K,
 )
 
 

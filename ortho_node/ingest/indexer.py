@@ -86,8 +86,9 @@ class Indexer:
                         received_at=utcnow(),
                     )
                     .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+                    .returning(Instance.id)  # rowcount is not reliable for ON CONFLICT on every driver
                 )
-                new = inserted.rowcount == 1
+                new = inserted.scalar_one_or_none() is not None
                 if new:
                     session.execute(
                         update(Study)

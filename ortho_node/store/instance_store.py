@@ -166,7 +166,13 @@ class InstanceStore:
         try:
             self._make_dirs(final.parent)
             try:
-                os.link(tmp, final)
+                try:
+                    os.link(tmp, final)
+                except FileNotFoundError:
+                    # The directory went away under the cache (e.g. an admin removed an old study).
+                    self._forget_dir(final.parent)
+                    self._make_dirs(final.parent)
+                    os.link(tmp, final)
             except FileExistsError:
                 return self._resolve_duplicate(final, relative, chunks, tmp, size, digest, sop_instance_uid)
             except OSError as exc:
@@ -244,6 +250,10 @@ class InstanceStore:
             conflict=True,
             quarantine_path=target,
         )
+
+    def _forget_dir(self, directory: Path) -> None:
+        with self._dirs_lock:
+            self._known_dirs.discard(directory)
 
     def _make_dirs(self, directory: Path) -> None:
         """Create ``directory`` and make each newly created level durable in its parent."""

@@ -168,6 +168,37 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def database_url(self) -> str:
+        return self.config.get("database_url") or f"sqlite:///{(self.var_dir / 'index.sqlite').resolve()}"
+
+    def index(self) -> "Database":
+        """The node's index database, for assertions (read it, don't write it)."""
+        from ortho_node.db.engine import Database
+
+        return Database(self.database_url, pool_size=2)
+
+    def wait_for_jobs(self, predicate, *, timeout: float = 120.0, interval: float = 0.3):
+        """Poll the index until ``predicate(jobs)`` is true; return the jobs (list of Job rows)."""
+        from sqlalchemy import select
+
+        from ortho_node.db.models import Job
+
+        db = self.index()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                with db.session() as session:
+                    jobs = list(session.scalars(select(Job).order_by(Job.id)))
+                if predicate(jobs):
+                    return jobs
+                if time.monotonic() > deadline:
+                    states = [(j.id, j.state, j.reason) for j in jobs]
+                    raise TimeoutError(f"jobs never satisfied the condition; now {states}\n{self.log()[-4000:]}")
+                time.sleep(interval)
+        finally:
+            db.dispose()
+
 
 def node_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
     """A test config: free port, var dir under ``tmp``, short stable ages."""
@@ -236,3 +267,34 @@ def fresh_postgres_database() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ----------------------------------------------------------------------- reference DCMTK storescp
+
+
+class ReferenceStoreScp:
+    """DCMTK ``storescp +B`` (bit-preserving): records exactly the bytes a sender put on the wire."""
+
+    def __init__(self, outdir: Path) -> None:
+        self.outdir = outdir
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        outdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> "ReferenceStoreScp":
+        require_tool("storescp")
+        self.process = subprocess.Popen(
+            ["storescp", "+xa", "+B", "-od", str(self.outdir), str(self.port)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, process=self.process)
+        return self
+
+    def files_by_sop_instance_uid(self) -> dict[str, Path]:
+        # storescp names files "<modality prefix>.<SOP Instance UID>"
+        return {path.name.split(".", 1)[1]: path for path in self.outdir.iterdir() if "." in path.name}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
