@@ -337,5 +337,12 @@ def test_rejects_bad_values(dx_and_findings):
         build_result_objects(f, sources=[dx], revision=-1)
     with pytest.raises(ValueError, match="device_uid must be a valid DICOM UID"):
         build_result_objects(replace(f, model=replace(f.model, device_uid="not-a-uid")), sources=[dx])
+    multiframe = copy.deepcopy(dx)
+    multiframe.NumberOfFrames = 2
+    with pytest.raises(ValueError, match=r"heatmap\.image must name a frame_number"):
+        build_result_objects(f, sources=[multiframe])
+    with pytest.raises(ValueError, match="frame_number must lie in 1..1"):
+        build_result_objects(replace(f, evaluated_images=(replace(f.findings[0].source_images[0], frame_number=2),)),
+                             sources=[dx])
     with pytest.raises(ValueError, match="uids must be derived for the findings' study"):
         FindingsReport(f, sources=[dx], uids=ResultUIDs(generate_uid(), f.model.device_uid, "1"), series_number=1)

@@ -134,6 +134,8 @@ class SourceIndex:
                 f"{path} names SOP class {image.sop_class_uid} in series {uid_ref(image.series_instance_uid)}, "
                 f"but the source has SOP class {ds.SOPClassUID} in series {uid_ref(ds.SeriesInstanceUID)}"
             )
+        if "Rows" not in ds or "Columns" not in ds:
+            raise ValueError(f"{path} refers to {uid_ref(image.sop_instance_uid)}, which has no Rows/Columns: not an image")
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if image.frame_number is not None and not 1 <= image.frame_number <= frames:
             raise ValueError(f"{path}.frame_number must lie in 1..{frames}, got {image.frame_number}")
@@ -173,6 +175,10 @@ def check_regions(findings: StudyFindings, index: SourceIndex) -> None:
         if heat is None:
             continue
         ds = index.dataset(heat.image)
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1 and heat.image.frame_number is None:
+            raise ValueError(
+                f"findings.findings[{i}].heatmap.image must name a frame_number: its source is a multi-frame image"
+            )
         c0, r0, c1, r1 = (float(v) for v in heat.region)
         cols, rows = int(ds.Columns), int(ds.Rows)
         if not (0 <= c0 < c1 <= cols and 0 <= r0 < r1 <= rows):

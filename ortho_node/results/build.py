@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -9,12 +10,15 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ortho_node.model.findings import StudyFindings
+from ortho_node.privacy import uid_ref
 from ortho_node.results._common import check_findings, check_int
 from ortho_node.results.codes import KeyObjectTitle
 from ortho_node.results.ko import FindingsKeyObjects
 from ortho_node.results.sc import FindingsCapture
 from ortho_node.results.sr import FindingsReport
 from ortho_node.results.uids import PredecessorRef, ResultKind, ResultUIDs
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,4 +159,8 @@ def build_result_objects(
             title=key_object_title,
         )
         objects.append(ResultObject(ResultKind.KO, ko))
+    logger.debug(
+        "built %s for study %s revision %d (model %s)",
+        ", ".join(o.kind.value for o in objects), uid_ref(findings.study_instance_uid), revision, findings.model.label,
+    )
     return ResultObjects(objects=tuple(objects), revision=revision)
