@@ -17,6 +17,7 @@ from ortho_node.results.render import HEAT_ALPHA, Overlay, TextLine, render_find
 from tests.results_support import (
     acl_finding,
     dciodvfy,
+    failed,
     heat_values,
     kl_finding,
     make_dx,
@@ -204,3 +205,40 @@ def test_capture_builder_validates_its_key_image():
         FindingsCapture(f, key_image=dx, sources=[dx], uids=uids, series_number=2, instance_number=1)
     with pytest.raises(ValueError, match="instance_number must be >= 1"):
         FindingsCapture(f, key_image=ref(dx), sources=[dx], uids=uids, series_number=2, instance_number=0)
+
+
+def test_phantom_study_with_compressed_sources_end_to_end(tmp_path):
+    """CR (MONOCHROME1) + sagittal MR from the phantom generator, stored in every lossless syntax."""
+    from ortho_node.phantoms import LOSSLESS_TRANSFER_SYNTAXES, MRPhantomSpec, XrayPhantomSpec, write_knee_study
+
+    written = write_knee_study(
+        tmp_path / "study",
+        seed=11,
+        xrays=[XrayPhantomSpec(kl_grade=3, side="L", rows=256, columns=256, modality="CR", photometric="MONOCHROME1")],
+        mr_series=[MRPhantomSpec(acl_tear=True, side="R", slices=12)],
+        transfer_syntaxes=list(LOSSLESS_TRANSFER_SYNTAXES),
+    )
+    sources = [pydicom.dcmread(f.path) for f in written.files]
+    (cr,) = [d for d in sources if d.Modality == "CR"]
+    mr = sorted((d for d in sources if d.Modality == "MR"), key=lambda d: int(d.InstanceNumber))
+    key = next(d for d in mr if d.file_meta.TransferSyntaxUID.is_compressed)
+    f = study(
+        written.study_instance_uid,
+        findings=(kl_finding(cr, region=(40.0, 40.0, 216.0, 216.0)), acl_finding(key, mr, region=(60.0, 60.0, 200.0, 180.0))),
+        not_evaluated=(replace(failed(), laterality=Laterality.RIGHT),),
+        evaluated_images=tuple(ref(d) for d in [cr, *mr]),
+    )
+    results = build_result_objects(f, sources=sources, include_key_objects=True)
+    assert [o.kind.value for o in results] == ["sr", "sc", "sc", "ko"]
+    for i, obj in enumerate(results):
+        _errors(obj.dataset, tmp_path / f"{i}.dcm")
+    cr_sc, mr_sc = results.secondary_captures
+    assert (cr_sc.Laterality, mr_sc.Laterality) == ("L", "R")
+    assert mr_sc.SourceImageSequence[0].ReferencedSOPInstanceUID == key.SOPInstanceUID
+    # the MONOCHROME1 radiograph is windowed (its VOI window) and inverted: high raw values dark
+    raw = cr.pixel_array.astype(float)
+    centre, width = float(cr.WindowCenter), float(cr.WindowWidth)
+    expected = 255 - np.round(np.clip((raw - (centre - 0.5)) / (width - 1) + 0.5, 0, 1) * 255)
+    assert np.abs(window_source(cr).astype(float) - expected).max() <= 1
+    pixels, scale = _image_part(cr_sc, cr)
+    assert np.array_equal(pixels[: 30 * scale : scale, : 30 * scale : scale, 0], window_source(cr)[:30, :30])
