@@ -210,9 +210,13 @@ def test_patient_orientation_chooses_the_mirror_axis_of_a_radiograph(radiograph:
 
 @pytest.mark.parametrize(
     ("orientation", "axis"),
-    [(AXIAL, MirrorAxis.COLUMNS), (CORONAL, MirrorAxis.COLUMNS), (SAGITTAL, MirrorAxis.SLICES),
-     ((0.0, 0.0, -1.0, 1.0, 0.0, 0.0), MirrorAxis.ROWS)],
-)  # fmt: skip
+    [
+        (AXIAL, MirrorAxis.COLUMNS),
+        (CORONAL, MirrorAxis.COLUMNS),
+        (SAGITTAL, MirrorAxis.SLICES),
+        ((0.0, 0.0, -1.0, 1.0, 0.0, 0.0), MirrorAxis.ROWS),
+    ],
+)
 def test_mr_mirror_axis_follows_image_orientation(
     orientation: tuple[float, ...], axis: MirrorAxis
 ) -> None:
