@@ -123,11 +123,14 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
 
 
 def ellipse_chord(u: np.ndarray, v: np.ndarray, *, center: tuple[float, float],
-                  radii: tuple[float, float], depth: float, angle_deg: float = 0.0) -> np.ndarray:
+                  radii: tuple[float, float], depth: float, angle_deg: float = 0.0,
+                  fullness: float = 1.0) -> np.ndarray:
     """Return the path length through an ellipsoid, projected along the beam.
 
     The ellipsoid has in-plane semi-axes ``radii`` (before turning by ``angle_deg``) and a full
-    thickness of ``depth`` mm along the beam at its centre.
+    thickness of ``depth`` mm along the beam at its centre. ``fullness`` > 1 squares off the
+    profile (the thickness saturates at ``depth`` sooner), for bone ends that stay dense right
+    up to their articular surface.
     """
     du, dv = u - np.float32(center[0]), v - np.float32(center[1])
     if angle_deg:
@@ -135,7 +138,10 @@ def ellipse_chord(u: np.ndarray, v: np.ndarray, *, center: tuple[float, float],
         ca, sa = np.float32(math.cos(a)), np.float32(math.sin(a))
         du, dv = ca * du + sa * dv, -sa * du + ca * dv
     q = (du * np.float32(1.0 / radii[0])) ** 2 + (dv * np.float32(1.0 / radii[1])) ** 2
-    return np.float32(depth) * np.sqrt(np.maximum(np.float32(1.0) - q, np.float32(0.0)))
+    profile = np.sqrt(np.maximum(np.float32(1.0) - q, np.float32(0.0)))
+    if fullness != 1.0:
+        profile = np.minimum(profile * np.float32(fullness), np.float32(1.0))
+    return np.float32(depth) * profile
 
 
 def ellipse_bounds(center: tuple[float, float], radii: tuple[float, float]

@@ -24,7 +24,7 @@ from ortho_node.model.findings import Laterality
 from ortho_node.phantoms.geometry import Canvas, PixelBox, Pose
 from ortho_node.phantoms.seeding import derive_seed, rng_for
 from ortho_node.phantoms.specs import XrayPhantomSpec, XrayView
-from ortho_node.phantoms.texture import box_blur, smooth_noise
+from ortho_node.phantoms.texture import box_blur, tiled_noise
 from ortho_node.phantoms.xray_anatomy import draw_anatomy, draw_pathology
 from ortho_node.phantoms.xray_views import draw_ap, draw_lateral
 
@@ -86,6 +86,32 @@ def _draw_pose(rng: np.random.Generator, spec: XrayPhantomSpec, body_scale: floa
     )
 
 
+def _detector_output(line_integral: np.ndarray, rng: np.random.Generator, *, exposure: float,
+                     blur_factor: int) -> np.ndarray:
+    """Turn a line-integral map into processed 12-bit detector values (modified in place).
+
+    Adds noise (quantum noise grows where fewer photons get through, roughly exp(L/2) in the
+    log domain, plus a small electronic floor), applies unsharp masking as DX processing does,
+    and maps to 0-4095 with a random gain and offset.
+    """
+    gain = np.float32(720.0 * float(rng.uniform(0.88, 1.12)))
+    offset = np.float32(160.0 * float(rng.uniform(0.6, 1.4)))
+    sigma = np.exp(np.float32(0.4) * line_integral)
+    sigma *= np.float32(0.006 / np.sqrt(exposure))
+    sigma += np.float32(3.0) / gain
+    noise = rng.standard_normal(line_integral.shape, dtype=np.float32)
+    noise *= sigma
+    line_integral += noise
+    # gain * (1.15 * (L - low) + 0.8 * low) + offset: details up, large-scale range down.
+    low = box_blur(line_integral, factor=blur_factor)
+    low *= np.float32(-0.35) * gain
+    line_integral *= np.float32(1.15) * gain
+    line_integral += low
+    line_integral += offset + np.float32(0.5)  # + 0.5: the cast below then rounds
+    np.clip(line_integral, 0, MAX_VALUE, out=line_integral)
+    return line_integral.astype(np.uint16)
+
+
 def render_knee_radiograph(spec: XrayPhantomSpec, *, seed: int,
                            anatomy_seed: int | None = None) -> KneeRadiograph:
     """Render one synthetic knee radiograph.
@@ -129,35 +155,16 @@ def render_knee_radiograph(spec: XrayPhantomSpec, *, seed: int,
     soft, bone = draw(canvas, anatomy, pathology)
 
     noise_rng = rng_for(seed, "xray-noise", view_key)
-    shape = (spec.rows, spec.columns)
-    # Trabeculae run mostly along the bone axis: grain twice as long vertically.
-    grain = 0.7 / spec.pixel_spacing_mm
-    texture = smooth_noise(noise_rng, shape, cell_px=(2.0 * grain, grain))
-    texture *= np.float32(0.12)
+    # Trabeculae run mostly along the bone axis: grain longer vertically.
+    grain = 0.45 / spec.pixel_spacing_mm
+    texture = tiled_noise(noise_rng, soft.shape, cell_px=(2.5 * grain, grain))
+    texture *= np.float32(0.07)
     texture += np.float32(1.0)
     bone *= texture
-    line_integral = soft
-    line_integral += bone
-
-    # Quantum noise grows where fewer photons get through (exp(L/2) in the log domain).
+    soft += bone
     exposure = float(noise_rng.uniform(0.8, 1.25))
-    sigma = 0.006 / np.sqrt(exposure)
-    quantum = noise_rng.standard_normal(shape, dtype=np.float32)
-    quantum *= np.exp(np.float32(0.4) * line_integral) * np.float32(sigma)
-    line_integral += quantum
-
-    # Detector processing: unsharp masking lifts edges and flattens the large-scale range.
-    low = box_blur(line_integral, factor=max(2, round(5.0 / spec.pixel_spacing_mm)))
-    enhanced = line_integral
-    enhanced -= low
-    enhanced *= np.float32(0.7)
-    enhanced += low * np.float32(0.85)
-    gain = 720.0 * float(noise_rng.uniform(0.88, 1.12))
-    offset = 160.0 * float(noise_rng.uniform(0.6, 1.4))
-    enhanced *= np.float32(gain)
-    enhanced += np.float32(offset)
-    enhanced += noise_rng.standard_normal(shape, dtype=np.float32) * np.float32(3.0)
-    pixels = np.clip(np.rint(enhanced), 0, MAX_VALUE).astype(np.uint16)
+    pixels = _detector_output(soft, noise_rng, exposure=exposure,
+                              blur_factor=max(2, round(5.0 / spec.pixel_spacing_mm)))
 
     joint_box = canvas.box(*_JOINT_BOUNDS[spec.view])
     if joint_box is None:  # cannot happen with the pose limits above; keep the type honest

@@ -93,7 +93,7 @@ def draw_pathology(kl_grade: int, rng: np.random.Generator) -> KneePathology:
         jsw_lateral_mm=_JSW_LATERAL_MM[kl_grade] + jsw_jitter,
         osteophyte_mm=osteophytes,
         sclerosis=_SCLEROSIS[kl_grade] * float(rng.uniform(0.85, 1.15)),
-        condyle_flattening_mm=float(rng.uniform(2.0, 3.5)) if kl_grade == 4 else 0.0,
+        condyle_flattening_mm=float(rng.uniform(1.0, 2.0)) if kl_grade == 4 else 0.0,
         plateau_depression_mm=float(rng.uniform(1.5, 3.0)) if kl_grade == 4 else 0.0,
         subluxation_mm=float(rng.uniform(2.0, 4.0)) if kl_grade == 4 else 0.0,
         cysts=cysts,
