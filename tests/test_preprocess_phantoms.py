@@ -35,8 +35,8 @@ from ortho_node.phantoms import (
 AP_LEFT = XrayPhantomSpec(kl_grade=2, side="L", rows=512, columns=512, pixel_spacing_mm=0.3)
 MR_SMALL = {"slices": 8, "rows": 128, "columns": 128}
 KNEE_RULES = (
-    ScopeRule(frozenset({"CR", "DX"}), "KNEE", frozenset({"AP", "PA"}), name="kl_grade"),
-    ScopeRule(frozenset({"MR"}), "KNEE", requires_side=True, name="acl"),
+    ScopeRule({"CR", "DX"}, {"KNEE"}, {"AP", "PA"}, name="kl_grade"),
+    ScopeRule({"MR"}, {"KNEE"}, requires_side=True, name="acl"),
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from pydicom import uid as dicom_uid
@@ -24,14 +26,10 @@ from ortho_node.model.scope import (
     study_out_of_scope_reason,
 )
 
-KL_GRADE = ScopeRule(
-    frozenset({"CR", "DX"}), BodyPart.KNEE, frozenset({"AP", "PA"}), name="kl_grade"
-)
-KNEE_LATERAL = ScopeRule(
-    frozenset({"CR", "DX"}), "KNEE", frozenset({"LATERAL"}), name="effusion_lat"
-)
-ACL = ScopeRule(frozenset({"MR"}), "KNEE", requires_side=True, name="acl")
-ROTATOR_CUFF = ScopeRule(frozenset({"MR"}), "SHOULDER", name="rotator_cuff")
+KL_GRADE = ScopeRule({"CR", "DX"}, {BodyPart.KNEE}, {"AP", "PA"}, name="kl_grade")
+KNEE_LATERAL = ScopeRule({"CR", "DX"}, {"KNEE"}, {"LATERAL"}, name="effusion_lat")
+ACL = ScopeRule({"MR"}, {"KNEE"}, requires_side=True, name="acl")
+ROTATOR_CUFF = ScopeRule({"MR"}, {"SHOULDER"}, name="rotator_cuff")
 RULES = (KL_GRADE, ACL, ROTATOR_CUFF)
 
 
@@ -212,13 +210,17 @@ def test_image_content_check_runs_on_display_values(knee_radiograph: Dataset) ->
 
 def test_rules_are_validated() -> None:
     with pytest.raises(ValueError, match=r"modalities must be among CR, DX, MR, got \['CT'\]"):
-        ScopeRule(frozenset({"CT"}), "KNEE")
+        ScopeRule({"CT"}, {"KNEE"})
     with pytest.raises(ValueError, match="'ELBOW' is not a valid BodyPart"):
-        ScopeRule(frozenset({"DX"}), "ELBOW")
+        ScopeRule({"DX"}, {"ELBOW"})
     with pytest.raises(ValueError, match="views only apply to radiographs"):
-        ScopeRule(frozenset({"MR"}), "KNEE", frozenset({"AP"}))
-    with pytest.raises(TypeError, match="modalities must be a non-empty set"):
-        ScopeRule("DX", "KNEE")  # type: ignore[arg-type]
+        ScopeRule({"MR"}, {"KNEE"}, {"AP"})
+    with pytest.raises(ValueError, match="'OBLIQUE' is not a valid RadiographView"):
+        ScopeRule({"DX"}, {"KNEE"}, {"OBLIQUE"})
+    with pytest.raises(TypeError, match="modalities must be a non-empty set of str"):
+        ScopeRule("DX", {"KNEE"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="body_parts must name at least one value"):
+        ScopeRule({"DX"}, set())
     with pytest.raises(TypeError, match="rules must be a non-empty sequence of ScopeRule"):
         assess_instance(read("MR_small.dcm"), ())
 
@@ -234,3 +236,33 @@ def test_study_level_reason() -> None:
     shoulder = assess_instance(read("MR2_UNCR.dcm"), RULES)
     assert study_out_of_scope_reason([chest, shoulder]) is None
     assert study_out_of_scope_reason([]) == "the study has no images"
+
+
+@dataclass(frozen=True)
+class DeclaredScope:
+    """The shape of a head's declared scope (``heads.TaskScope`` has these fields)."""
+
+    modalities: frozenset[str]
+    body_parts: frozenset[str]
+    views: frozenset[str] = frozenset()
+
+
+def test_rule_from_a_heads_declared_scope(knee_radiograph: Dataset) -> None:
+    xray = ScopeRule.from_task_scope(
+        DeclaredScope(frozenset({"CR", "DX"}), frozenset({"KNEE"}), frozenset({"AP", "PA"})),
+        name="kl_grade",
+    )
+    assert xray == KL_GRADE
+    any_view = ScopeRule.from_task_scope(
+        DeclaredScope(frozenset({"dx", "cr"}), frozenset({"knee"}))
+    )
+    assert any_view.views is None and any_view.describe() == "CR/DX KNEE"
+    lateral = with_headers(knee_radiograph, ViewPosition="RL")
+    assert assess_instance(lateral, (any_view,)).in_scope
+    assert not assess_instance(lateral, (xray,)).in_scope
+    multi = ScopeRule.from_task_scope(
+        DeclaredScope(frozenset({"MR"}), frozenset({"HIP", "SHOULDER", "ANKLE"})), name="cross"
+    )
+    assert assess_instance(read("MR2_UNCR.dcm"), (multi,)).reason.startswith(
+        "covered by cross (MR ANKLE/HIP/SHOULDER)"
+    )

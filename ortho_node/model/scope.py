@@ -1,9 +1,10 @@
 """Scope gate: is this image something a task head covers? Decided from headers, plus a cheap
 look at the pixels; never guessed.
 
-What is covered is data: each head declares :class:`ScopeRule` values (modalities, body
-part, radiograph views, whether it needs a known side) and the gate checks an image against
-them. An image is in scope when it passes the general checks and matches at least one rule.
+What is covered is data: each head declares its scope (modalities, body parts, radiograph
+views; ``heads.TaskScope``), which becomes a :class:`ScopeRule` (:meth:`ScopeRule.from_task_scope`,
+plus whether the head needs a known side), and the gate checks an image against the rules.
+An image is in scope when it passes the general checks and matches at least one rule.
 
 **General checks**, in order:
 
@@ -44,6 +45,7 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from pydicom import uid as dicom_uid
@@ -57,6 +59,7 @@ __all__ = [
     "BodyPart",
     "RadiographView",
     "ScopeRule",
+    "TaskScopeLike",
     "ScopeDecision",
     "ContentLimits",
     "identify_body_part",
@@ -90,17 +93,35 @@ PROJECTION_MODALITIES = frozenset({"CR", "DX"})
 COVERABLE_MODALITIES = frozenset({"CR", "DX", "MR"})
 
 
+class TaskScopeLike(Protocol):
+    """What a head declares about its inputs (``ortho_node.model.heads.TaskScope`` fits)."""
+
+    modalities: frozenset[str]
+    body_parts: frozenset[str]
+    views: frozenset[str]
+
+
+def _string_set(value: object, argument: str) -> frozenset[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (frozenset, set, tuple, list)):
+        raise TypeError(f"{argument} must be a non-empty set of str, got {value!r}")
+    if not value:
+        raise ValueError(f"{argument} must name at least one value")
+    # Enum members (BodyPart, RadiographView) by value: str() of a str-Enum is "Class.NAME".
+    return frozenset(str(v.value if isinstance(v, enum.Enum) else v).strip().upper() for v in value)
+
+
 @dataclass(frozen=True)
 class ScopeRule:
-    """One (modality, body part, view) combination a head covers.
+    """The (modalities, body parts, views) a head covers.
 
     Parameters
     ----------
-    modalities : frozenset of str
+    modalities : collection of str
         Subset of CR, DX, MR.
-    body_part : BodyPart or str
-    views : frozenset of RadiographView or None, optional
-        Radiograph views covered; None (default) means any. Only for CR/DX rules.
+    body_parts : collection of BodyPart or str
+        Subset of KNEE, HIP, SHOULDER, ANKLE.
+    views : collection of RadiographView or str, or None, optional
+        Radiograph views covered; None (default) means any. Only for CR/DX-only rules.
     requires_side : bool, optional
         True: the image must state left or right (side-specific findings); unknown or
         bilateral images are out of scope for this rule. Default False.
@@ -109,36 +130,47 @@ class ScopeRule:
     """
 
     modalities: frozenset[str]
-    body_part: BodyPart
+    body_parts: frozenset[BodyPart]
     views: frozenset[RadiographView] | None = None
     requires_side: bool = False
     name: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.modalities, (frozenset, set, tuple, list)) or not self.modalities:
-            raise TypeError(f"modalities must be a non-empty set of str, got {self.modalities!r}")
-        modalities = frozenset(str(m).upper() for m in self.modalities)
+        modalities = _string_set(self.modalities, "modalities")
         if unknown := modalities - COVERABLE_MODALITIES:
             raise ValueError(f"modalities must be among CR, DX, MR, got {sorted(unknown)}")
         object.__setattr__(self, "modalities", modalities)
-        object.__setattr__(self, "body_part", BodyPart(self.body_part))
+        parts = _string_set(self.body_parts, "body_parts")
+        object.__setattr__(self, "body_parts", frozenset(BodyPart(p) for p in parts))
         if self.views is not None:
-            if not isinstance(self.views, (frozenset, set, tuple, list)) or not self.views:
-                raise TypeError(
-                    f"views must be a non-empty set of RadiographView or None, got {self.views!r}"
-                )
+            views = _string_set(self.views, "views")
             if "MR" in modalities:
                 raise ValueError("views only apply to radiographs (CR/DX), not to an MR rule")
-            object.__setattr__(self, "views", frozenset(RadiographView(v) for v in self.views))
+            object.__setattr__(self, "views", frozenset(RadiographView(v) for v in views))
         if not isinstance(self.requires_side, bool):
             raise TypeError(
                 f"requires_side must be a bool, got {type(self.requires_side).__name__}"
             )
 
+    @classmethod
+    def from_task_scope(
+        cls, scope: TaskScopeLike, *, name: str = "", requires_side: bool = False
+    ) -> ScopeRule:
+        """The rule for a head's declared scope (an empty ``views`` means any view)."""
+        views = frozenset(scope.views) if scope.views else None
+        return cls(
+            modalities=frozenset(scope.modalities),
+            body_parts=frozenset(scope.body_parts),
+            views=views,
+            requires_side=requires_side,
+            name=name,
+        )
+
     def describe(self) -> str:
         views = "" if self.views is None else " " + "/".join(sorted(v.value for v in self.views))
         modalities = "/".join(sorted(self.modalities))
-        label = f"{modalities} {self.body_part.value}{views}"
+        parts = "/".join(sorted(p.value for p in self.body_parts))
+        label = f"{modalities} {parts}{views}"
         return f"{self.name} ({label})" if self.name else label
 
 
@@ -469,8 +501,9 @@ def _rule_failure(
 ) -> str | None:
     if modality not in rule.modalities:
         return f"{rule.describe()} needs modality {'/'.join(sorted(rule.modalities))}"
-    if body_part != rule.body_part.value:
-        return f"{rule.describe()} needs body part {rule.body_part.value}"
+    if body_part not in {part.value for part in rule.body_parts}:
+        wanted = "/".join(sorted(part.value for part in rule.body_parts))
+        return f"{rule.describe()} needs body part {wanted}"
     if rule.views is not None and view not in rule.views:
         stated = view.value if view is not None else view_source
         return f"{rule.describe()} does not cover view {stated}"
