@@ -151,16 +151,35 @@ def render_knee_mr(spec: MRPhantomSpec, *, seed: int, anatomy_seed: int | None =
     sigma = np.float32(gain * float(noise_rng.uniform(0.012, 0.022)))
     lut = np.asarray(_SIGNAL[spec.contrast], np.float32) * np.float32(gain)
 
-    volume = np.empty((spec.slices, *shape), np.uint16)
+    # Tissue grain: crops of one larger noise field, a different crop per slice.
+    grain_field = smooth_noise(noise_rng, (2 * spec.rows, 2 * spec.columns), cell_px=(2.5, 2.5))
+    grain_field *= np.float32(0.07)
+    grain_field += np.float32(1.0)
+    offsets = noise_rng.integers(0, [spec.rows, spec.columns], size=(spec.slices, 2))
+    edema_gain = lut[Tissue.EDEMA] - lut[Tissue.MARROW]
+
+    signal = np.empty((spec.slices, *shape), np.float32)
     for k, x in enumerate(medial_x):
-        labels = paint_slice(canvas, knee, x)
-        image = lut[labels]
-        grain = smooth_noise(noise_rng, shape, cell_px=(2.5, 2.5))
-        image *= np.float32(1.0) + np.float32(0.07) * grain * (labels != Tissue.AIR)
-        image = _blur3(image) * coil
-        real = image + sigma * noise_rng.standard_normal(shape, dtype=np.float32)
-        imag = sigma * noise_rng.standard_normal(shape, dtype=np.float32)
-        volume[k] = np.clip(np.rint(np.sqrt(real * real + imag * imag)), 0, 65535).astype(np.uint16)
+        painted = paint_slice(canvas, knee, x)
+        image = lut[painted.labels]
+        if painted.edema is not None:
+            # Marrow oedema fades into normal marrow: blend the two signals.
+            image += painted.edema * (painted.labels == Tissue.MARROW) * edema_gain
+        row, column = offsets[k]
+        image *= grain_field[row:row + spec.rows, column:column + spec.columns]
+        signal[k] = _blur3(image)
+    signal *= coil
+    # Magnitude images of complex Gaussian noise: Rician, with a non-zero floor in air.
+    imaginary = noise_rng.standard_normal(signal.shape, dtype=np.float32)
+    imaginary *= sigma
+    signal += noise_rng.standard_normal(signal.shape, dtype=np.float32) * sigma
+    np.square(signal, out=signal)
+    np.square(imaginary, out=imaginary)
+    signal += imaginary
+    np.sqrt(signal, out=signal)
+    signal += np.float32(0.5)  # the cast below then rounds
+    np.clip(signal, 0, 65535, out=signal)
+    volume = signal.astype(np.uint16)
 
     acl_slices = [k for k, x in enumerate(medial_x) if ACL_SLICES[0] < x < ACL_SLICES[1]]
     meniscus_slices = [k for k, x in enumerate(medial_x)
