@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +26,7 @@ from ortho_node.model.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageGeometry,
+    Interpolation,
     MirrorAxis,
     PreprocessConfig,
     ResizeMode,
@@ -332,3 +336,38 @@ def test_map_shape_is_checked(radiograph: Dataset) -> None:
         geometry.project_to_source(np.zeros((2, 14, 14)))
     with pytest.raises(TypeError, match="patch_map must be a numpy array"):
         geometry.project_to_source([[0.0]])  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ManifestFacts:
+    """The input facts a bundle manifest carries (``manifest.BundleManifest`` has these)."""
+
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+def test_config_from_a_bundle_manifest() -> None:
+    facts = ManifestFacts((256, 256), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    config = PreprocessConfig.from_manifest(facts, target_spacing_mm=0.3, canonical_side="L")
+    assert (config.input_size, config.mean, config.std) == (256, (0.5,) * 3, (0.25,) * 3)
+    assert (
+        config.interpolation is Interpolation.BICUBIC and config.canonical_side is Laterality.LEFT
+    )
+    assert config.target_spacing_mm == 0.3
+    with pytest.raises(ValueError, match="input_size must be square, got 224x256"):
+        PreprocessConfig.from_manifest(ManifestFacts((224, 256), (0.5,) * 3, (0.25,) * 3))
+    with pytest.raises(ValueError, match="'lanczos' is not a valid Interpolation"):
+        PreprocessConfig.from_manifest(
+            ManifestFacts((224, 224), (0.5,) * 3, (0.25,) * 3, "lanczos")
+        )
+
+
+def test_a_path_that_is_not_dicom_is_rejected(tmp_path: Path) -> None:
+    not_dicom = tmp_path / "notes.txt"
+    not_dicom.write_text("not an image")
+    with pytest.raises(UnsupportedImageError, match="not a readable DICOM file"):
+        preprocess_image(not_dicom)
+    with pytest.raises(TypeError, match="source must be a pydicom Dataset or a path"):
+        preprocess_image(b"DICM")  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from ortho_node.model.series import (
     Weighting,
     classify_sequence,
     prepare_series,
+    preference_for_planes,
     sample_slice_indices,
     select_series,
     survey_series,
@@ -291,3 +292,21 @@ def test_knee_preference_list_order() -> None:
         "sagittal any",
     ]
     assert KNEE_MR_PREFERENCE[5].plane is Plane.CORONAL
+
+
+def test_preference_for_a_heads_planes(mixed_study: dict[str, list[Dataset]]) -> None:
+    coronal_first = preference_for_planes({"CORONAL", "AXIAL"})
+    assert [str(p) for p in coronal_first] == [
+        "coronal PD-FS",
+        "coronal T2-FS",
+        "coronal any",
+        "axial PD-FS",
+        "axial any",
+    ]
+    everything = survey_series(study(mixed_study, *mixed_study))
+    assert select_series(everything, preference=coronal_first).series_number == 7
+    assert preference_for_planes(()) == KNEE_MR_PREFERENCE
+    with pytest.raises(ValueError, match="'oblique' is not a valid Plane"):
+        preference_for_planes({"OBLIQUE"})
+    with pytest.raises(ValueError, match=r"no entry of the preference order has plane \['axial'\]"):
+        preference_for_planes({"AXIAL"}, base=KNEE_MR_PREFERENCE[:3])

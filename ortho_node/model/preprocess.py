@@ -50,7 +50,7 @@ import enum
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pydicom
@@ -78,6 +78,7 @@ __all__ = [
     "MissingSpacing",
     "Interpolation",
     "MirrorAxis",
+    "ManifestInputs",
     "PreprocessConfig",
     "LateralityEvidence",
     "ImageGeometry",
@@ -131,6 +132,15 @@ class MirrorAxis(str, enum.Enum):
     """Left-right runs along the columns: flip vertically."""
     SLICES = "slices"
     """Left-right is the slice normal (sagittal MR): reverse the slice order, not the image."""
+
+
+class ManifestInputs(Protocol):
+    """The input facts of a model bundle manifest that preprocessing follows."""
+
+    input_size: tuple[int, int] | int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
 
 
 def _check_positive_int(name: str, value: object, low: int, high: int) -> int:
@@ -220,6 +230,36 @@ class PreprocessConfig:
     def resize_mode(self) -> ResizeMode:
         """The configured mode (an image without spacing may still fall back to ``fit``)."""
         return ResizeMode.FIT if self.target_spacing_mm is None else ResizeMode.SPACING
+
+    @classmethod
+    def from_manifest(cls, manifest: ManifestInputs, **options: Any) -> PreprocessConfig:
+        """The config a model bundle asks for: its input size, mean/std and interpolation.
+
+        Parameters
+        ----------
+        manifest : ManifestInputs
+            A bundle manifest (``ortho_node.model.manifest.BundleManifest`` fits).
+        **options
+            The node's own choices (``target_spacing_mm``, ``canonical_side``, ...).
+
+        Raises
+        ------
+        ValueError
+            The manifest asks for a non-square input, or an unknown interpolation.
+        """
+        size = manifest.input_size
+        if not isinstance(size, int):
+            height, width = size
+            if height != width:
+                raise ValueError(f"manifest input_size must be square, got {height}x{width}")
+            size = height
+        return cls(
+            input_size=size,
+            mean=tuple(manifest.mean),  # type: ignore[arg-type]
+            std=tuple(manifest.std),  # type: ignore[arg-type]
+            interpolation=Interpolation(manifest.interpolation),
+            **options,
+        )
 
 
 # --- laterality -----------------------------------------------------------------------------

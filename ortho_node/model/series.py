@@ -50,7 +50,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +79,7 @@ __all__ = [
     "SequenceSignature",
     "SeriesPreference",
     "KNEE_MR_PREFERENCE",
+    "preference_for_planes",
     "SliceSampling",
     "SliceSource",
     "SeriesCandidate",
@@ -188,6 +189,29 @@ KNEE_MR_PREFERENCE: tuple[SeriesPreference, ...] = (
     SeriesPreference(Plane.AXIAL),
 )
 """Default order for knee MRI tasks: fluid-sensitive fat-suppressed sagittal first."""
+
+
+def preference_for_planes(
+    planes: Collection[str | Plane], *, base: Sequence[SeriesPreference] = KNEE_MR_PREFERENCE
+) -> tuple[SeriesPreference, ...]:
+    """The entries of ``base`` whose plane a head accepts, in ``base``'s order.
+
+    Parameters
+    ----------
+    planes : collection of str or Plane
+        A head's declared MR planes (e.g. ``{"SAGITTAL", "CORONAL"}``); empty means all.
+    base : sequence of SeriesPreference, optional
+        The full order (default :data:`KNEE_MR_PREFERENCE`).
+    """
+    if isinstance(planes, str):
+        raise TypeError(f"planes must be a collection of plane names, got {planes!r}")
+    wanted = {Plane(p.lower()) if isinstance(p, str) else Plane(p) for p in planes}
+    chosen = tuple(entry for entry in base if not wanted or entry.plane in wanted)
+    if not chosen:
+        raise ValueError(
+            f"no entry of the preference order has plane {sorted(w.value for w in wanted)}"
+        )
+    return chosen
 
 
 @dataclass(frozen=True)
