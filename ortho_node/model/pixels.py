@@ -144,6 +144,51 @@ def functional_group_value(
     return None if value in (None, "") else value
 
 
+def _frame_vector(
+    ds: Dataset, frame_index: int, group: str, keyword: str, size: int
+) -> np.ndarray | None:
+    value = functional_group_value(ds, frame_index, group, keyword)
+    if value is None:
+        return None
+    try:
+        vector = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedImageError(f"{keyword} {value!r} is not {size} numbers") from exc
+    if vector.shape != (size,) or not np.isfinite(vector).all():
+        raise UnsupportedImageError(
+            f"{keyword} must hold {size} finite numbers, got {list(value)!r}"
+        )
+    return vector
+
+
+def frame_orientation(ds: Dataset, *, frame_index: int = 0) -> np.ndarray | None:
+    """Image Orientation (Patient) of one frame as 6 floats (row then column direction).
+
+    Frame-level Plane Orientation first. None when absent.
+
+    Raises
+    ------
+    UnsupportedImageError
+        Present but not two orthogonal unit vectors.
+    """
+    group, keyword = "PlaneOrientationSequence", "ImageOrientationPatient"
+    vector = _frame_vector(ds, frame_index, group, keyword, 6)
+    if vector is None:
+        return None
+    row, column = vector[:3], vector[3:]
+    unit = abs(np.linalg.norm(row) - 1) <= 0.01 and abs(np.linalg.norm(column) - 1) <= 0.01
+    if not unit or abs(row @ column) > 0.01:
+        raise UnsupportedImageError(
+            f"ImageOrientationPatient {vector.tolist()} is not two orthogonal unit vectors"
+        )
+    return vector
+
+
+def frame_position(ds: Dataset, *, frame_index: int = 0) -> np.ndarray | None:
+    """Image Position (Patient) of one frame (frame-level Plane Position first), or None."""
+    return _frame_vector(ds, frame_index, "PlanePositionSequence", "ImagePositionPatient", 3)
+
+
 def _value_in_group(group: Dataset, sequence_keyword: str, keyword: str) -> Any | None:
     macro = group.get(sequence_keyword)
     if not macro:

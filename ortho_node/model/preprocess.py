@@ -67,6 +67,8 @@ from ortho_node.model.pixels import (
     UnsupportedImageError,
     Window,
     decode_frame,
+    frame_orientation,
+    frame_position,
     functional_group_value,
     to_display,
 )
@@ -313,41 +315,6 @@ def determine_laterality(ds: Dataset, *, frame_index: int = 0) -> LateralityEvid
     return LateralityEvidence(laterality=side, source=name)
 
 
-def _orientation(ds: Dataset, frame_index: int) -> np.ndarray | None:
-    value = functional_group_value(
-        ds, frame_index, "PlaneOrientationSequence", "ImageOrientationPatient"
-    )
-    if value is None:
-        return None
-    vector = np.asarray([float(v) for v in value], dtype=np.float64)
-    if vector.shape != (6,) or not np.isfinite(vector).all():
-        raise UnsupportedImageError(
-            f"Image Orientation (Patient) must hold 6 numbers, got {list(value)!r}"
-        )
-    row, column = vector[:3], vector[3:]
-    if (
-        abs(np.linalg.norm(row) - 1) > 0.01
-        or abs(np.linalg.norm(column) - 1) > 0.01
-        or abs(row @ column) > 0.01
-    ):
-        raise UnsupportedImageError(
-            f"Image Orientation (Patient) {list(value)!r} is not two orthogonal unit vectors"
-        )
-    return vector
-
-
-def _position(ds: Dataset, frame_index: int) -> np.ndarray | None:
-    value = functional_group_value(ds, frame_index, "PlanePositionSequence", "ImagePositionPatient")
-    if value is None:
-        return None
-    vector = np.asarray([float(v) for v in value], dtype=np.float64)
-    if vector.shape != (3,) or not np.isfinite(vector).all():
-        raise UnsupportedImageError(
-            f"Image Position (Patient) must hold 3 numbers, got {list(value)!r}"
-        )
-    return vector
-
-
 def laterality_from_position(
     ds: Dataset, *, frame_index: int = 0, min_offset_mm: float
 ) -> LateralityEvidence:
@@ -359,7 +326,8 @@ def laterality_from_position(
     a LEFT knee; anything nearer the midline stays unknown. This is a heuristic (a patient
     shifted on the table defeats it), which is why it is opt-in.
     """
-    orientation, position = _orientation(ds, frame_index), _position(ds, frame_index)
+    orientation = frame_orientation(ds, frame_index=frame_index)
+    position = frame_position(ds, frame_index=frame_index)
     spacing = pixel_spacing(ds, frame_index=frame_index)
     if orientation is None or position is None or spacing is None:
         return LateralityEvidence(laterality=None, source="none")
@@ -380,7 +348,7 @@ def laterality_from_position(
 
 def mirror_axis(ds: Dataset, *, frame_index: int = 0) -> MirrorAxis:
     """The axis a left-right mirror of this frame flips (rules in the module docstring)."""
-    orientation = _orientation(ds, frame_index)
+    orientation = frame_orientation(ds, frame_index=frame_index)
     if orientation is not None:
         row, column = orientation[:3], orientation[3:]
         normal = np.cross(row, column)
@@ -774,7 +742,8 @@ def preprocess_frame(
     mean = torch.tensor(config.mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(config.std, dtype=torch.float32)[:, None, None]
     tensor = ((plane[None].expand(3, -1, -1) - mean) / std).contiguous()
-    position, orientation = _position(ds, frame_index), _orientation(ds, frame_index)
+    position = frame_position(ds, frame_index=frame_index)
+    orientation = frame_orientation(ds, frame_index=frame_index)
     return PreprocessedImage(
         tensor=tensor,
         image=image_ref(ds, frame_index=frame_index),

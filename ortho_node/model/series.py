@@ -62,6 +62,8 @@ from ortho_node.model.pixels import (
     UnsupportedImageError,
     decode_frame,
     frame_count,
+    frame_orientation,
+    frame_position,
     functional_group_value,
     percentile_window,
 )
@@ -440,16 +442,6 @@ def _plane_of(orientation: np.ndarray) -> tuple[Plane, np.ndarray, float]:
     return plane, signed, math.degrees(math.acos(cosine))
 
 
-def _vector(value: object, size: int) -> np.ndarray | None:
-    if value is None:
-        return None
-    try:
-        vector = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return None
-    return vector if vector.shape == (size,) and np.isfinite(vector).all() else None
-
-
 def _frames(datasets: Sequence[Dataset]) -> list[tuple[Dataset, int]]:
     return [(ds, index) for ds in datasets for index in range(frame_count(ds))]
 
@@ -479,23 +471,15 @@ def _survey_one(uid: str, datasets: list[Dataset], min_slices: int) -> SeriesCan
         frames = _frames(datasets)
     except UnsupportedImageError as exc:
         return excluded(exc.reason)
-    orientations, positions = [], []
-    for ds, index in frames:
-        orientation = _vector(
-            functional_group_value(
-                ds, index, "PlaneOrientationSequence", "ImageOrientationPatient"
-            ),
-            6,
+    try:
+        orientations = [frame_orientation(ds, frame_index=index) for ds, index in frames]
+        positions = [frame_position(ds, frame_index=index) for ds, index in frames]
+    except UnsupportedImageError as exc:
+        return excluded(exc.reason)
+    if any(o is None for o in orientations) or any(p is None for p in positions):
+        return excluded(
+            "slices lack Image Orientation / Position (Patient): plane and order unknown"
         )
-        position = _vector(
-            functional_group_value(ds, index, "PlanePositionSequence", "ImagePositionPatient"), 3
-        )
-        if orientation is None or position is None:
-            return excluded(
-                "slices lack Image Orientation / Position (Patient): plane and order unknown"
-            )
-        orientations.append(orientation)
-        positions.append(position)
     stacked = np.stack(orientations)
     if np.abs(stacked - stacked[0]).max() > 0.01:
         return excluded(
