@@ -10,17 +10,20 @@ turns stored pixel values into what a radiologist's viewer would show, without r
    from the frame's Pixel Value Transformation functional group when the object has one.
 3. **VOI** (PS3.3 C.11.2), first that applies:
 
-   a. a window handed in by the caller (a series-wide window, see :mod:`.series`);
-   b. the VOI LUT Sequence, preferred over a window when both exist (pydicom's default: the
+   a. the VOI LUT Sequence, preferred over a window when both exist (pydicom's default: the
       vendor's non-linear LUT is the intended presentation), normalised by the LUT's own
       output range;
-   c. the first Window Center/Width pair (frame-level Frame VOI LUT functional group first),
+   b. the first Window Center/Width pair (frame-level Frame VOI LUT functional group first),
       with its VOI LUT Function;
+   c. a window handed in by the caller for frames whose header has none (a series-wide
+      window, see :mod:`.series`);
    d. otherwise a **percentile window**: the 0.5th to 99.5th percentile of the frame's
       modality values (configurable). If that range is empty (over 99 % of pixels share one
       value) the full min–max range is used; a constant frame is rejected.
 
 4. **Polarity**: MONOCHROME1 is inverted, so that dense tissue (bone) is always bright.
+   Windows are in modality units whatever the polarity (PS3.3 C.11.2.1.2); the inversion
+   comes after them, as in a viewer.
 
 Anything that cannot be turned into a trustworthy grayscale frame raises
 :class:`UnsupportedImageError` with a reason an admin can act on.
