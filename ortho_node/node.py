@@ -89,7 +89,9 @@ class Node:
         self._start_worker = settings.worker.embedded if start_worker is None else start_worker
         self._worker_env = dict(os.environ if worker_env is None else worker_env)
         self._stop = threading.Event()
-        self._loop_thread: threading.Thread | None = None
+        self._outbox_wakeup = threading.Event()
+        self._last_stale_check = 0.0
+        self._threads: list[threading.Thread] = []
         self.scp: RunningScp | None = None
         self.worker: EmbeddedWorker | None = None
 
@@ -108,8 +110,10 @@ class Node:
         if self._start_worker:
             self.worker = EmbeddedWorker(self._worker_env)
             self.worker.start()
-        self._loop_thread = threading.Thread(target=self._loop, name="assembler", daemon=True)
-        self._loop_thread.start()
+        for name, target in (("assembler", self._assembler_loop), ("outbox", self._outbox_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def run_until_signalled(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -121,8 +125,9 @@ class Node:
         self._stop.set()
         if self.scp is not None:
             self.scp.stop()
-        if self._loop_thread is not None:
-            self._loop_thread.join(timeout=10)
+        self._outbox_wakeup.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
         if self.worker is not None:
             self.worker.stop()
         if hasattr(self, "db"):
@@ -130,28 +135,40 @@ class Node:
         log.info("node stopped")
 
     def run_assembly_pass(self) -> None:
-        """One pass of the background loop: assemble, publish, recover stale jobs."""
+        """Assemble stable studies; wake the outbox when jobs were created."""
         result = self.assembler.run_once()
         if result.queued_job_ids:
-            self.publisher.publish(result.queued_job_ids)
+            self._outbox_wakeup.set()
+
+    def run_outbox_pass(self) -> None:
+        """Publish what is due, and recover jobs whose worker went silent."""
+        worker_settings = self.settings.worker
+        if time.monotonic() - self._last_stale_check > _STALE_CHECK_EVERY_S:
+            self._last_stale_check = time.monotonic()
+            requeue_stale(
+                self.db,
+                lease=dt.timedelta(seconds=worker_settings.job_lease_s),
+                max_attempts=worker_settings.max_attempts,
+            )
         self.publisher.publish(due_for_publishing(self.db, republish_after=_REPUBLISH_AFTER))
 
-    def _loop(self) -> None:
-        last_stale_check = 0.0
-        worker_settings = self.settings.worker
+    def _assembler_loop(self) -> None:
         while not self._stop.wait(self.settings.assembler_interval_s):
             try:
                 self.run_assembly_pass()
-                if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY_S:
-                    last_stale_check = time.monotonic()
-                    requeued = requeue_stale(
-                        self.db,
-                        lease=dt.timedelta(seconds=worker_settings.job_lease_s),
-                        max_attempts=worker_settings.max_attempts,
-                    )
-                    if requeued:
-                        self.publisher.publish(requeued)
                 if self.worker is not None:
                     self.worker.check()
             except Exception:  # the loop must survive a bad pass (e.g. the database restarting)
                 log.exception("assembler pass failed; retrying next interval")
+
+    def _outbox_loop(self) -> None:
+        # Its own thread: a broker that is down (seconds per attempt) never delays assembly.
+        while not self._stop.is_set():
+            self._outbox_wakeup.wait(self.settings.assembler_interval_s)
+            self._outbox_wakeup.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_outbox_pass()
+            except Exception:
+                log.exception("outbox pass failed; retrying next interval")

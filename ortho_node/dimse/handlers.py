@@ -126,8 +126,19 @@ def make_conn_open_handler(idle_poll_delay_s: float) -> Callable[[Event], None]:
     return handle_conn_open
 
 
+_CONTEXT_RESULTS = {0x01: "user rejection", 0x02: "no reason", 0x03: "abstract syntax not supported", 0x04: "transfer syntaxes not supported"}
+
+
 def handle_accepted(event: Event) -> None:
     log.info("association accepted from %s", _peer(event))
+    for context in event.assoc.rejected_contexts:
+        name = context.abstract_syntax.name if context.abstract_syntax else "?"
+        log.warning(
+            "presentation context refused for %s from %s: %s",
+            name,
+            _peer(event),
+            _CONTEXT_RESULTS.get(context.result, f"result {context.result}"),
+        )
 
 
 def handle_released(event: Event) -> None:

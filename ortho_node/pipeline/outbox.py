@@ -29,9 +29,10 @@ _BROKER_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, Timeou
 class JobPublisher:
     """Publishes ``process_study`` messages and records that they went out."""
 
-    def __init__(self, db: Database, app: Celery) -> None:
+    def __init__(self, db: Database, app: Celery, *, connect_timeout_s: float = 3.0) -> None:
         self._db = db
         self._app = app
+        self._connect_timeout_s = connect_timeout_s
         self._broker_down = False
 
     @property
@@ -40,23 +41,32 @@ class JobPublisher:
 
     def publish(self, job_ids: Iterable[int]) -> int:
         """Publish each job; stop at the first broker error. Returns how many went out."""
+        job_ids = list(job_ids)
+        if not job_ids:
+            return 0
         published = 0
-        for job_id in job_ids:
-            try:
-                self._app.send_task(PROCESS_STUDY_TASK, args=[job_id], retry=False)
-            except _BROKER_ERRORS as exc:
-                if not self._broker_down:
-                    log.warning("broker unavailable (%s); jobs stay in the outbox until it is back", type(exc).__name__)
-                self._broker_down = True
-                break
-            if self._broker_down:
-                log.info("broker reachable again; publishing the outbox")
-            self._broker_down = False
-            with self._db.session() as session:
-                session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
-                session.add(JobEvent(job_id=job_id, kind="published"))
-            published += 1
+        try:
+            with self._app.connection_for_write() as connection:
+                # Fail within seconds when the broker is down, instead of kombu's long retry loop.
+                connection.ensure_connection(max_retries=1, timeout=self._connect_timeout_s)
+                for job_id in job_ids:
+                    self._app.send_task(PROCESS_STUDY_TASK, args=[job_id], retry=False, connection=connection)
+                    self._mark_published(job_id)
+                    published += 1
+        except _BROKER_ERRORS as exc:
+            if not self._broker_down:
+                log.warning("broker unavailable (%s); jobs stay in the outbox until it is back", type(exc).__name__)
+            self._broker_down = True
+            return published
+        if self._broker_down:
+            log.info("broker reachable again; outbox published")
+        self._broker_down = False
         return published
+
+    def _mark_published(self, job_id: int) -> None:
+        with self._db.session() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
+            session.add(JobEvent(job_id=job_id, kind="published"))
 
 
 def due_for_publishing(db: Database, *, republish_after: dt.timedelta, now: dt.datetime | None = None) -> list[int]:
