@@ -41,6 +41,26 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_voi_lut, pixel_array
 
+__all__ = [
+    "MIN_IMAGE_SIDE",
+    "MAX_IMAGE_SIDE",
+    "DEFAULT_WINDOW_PERCENTILES",
+    "UnsupportedImageError",
+    "Window",
+    "RawFrame",
+    "DisplayFrame",
+    "frame_count",
+    "functional_group_value",
+    "frame_orientation",
+    "frame_position",
+    "check_decodable",
+    "check_percentiles",
+    "decode_frame",
+    "to_display",
+    "decode_display_frame",
+    "percentile_window",
+]
+
 #: Smallest accepted row / column count: below this nothing a 16-px-patch ViT can use remains.
 MIN_IMAGE_SIDE = 32
 #: Largest accepted row / column count: larger is not a plausible radiograph or MR slice.
