@@ -1,0 +1,112 @@
+"""Settings and the CLI around them: sources, validation messages, secrets masked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from ortho_node.config import Settings, describe_validation_error, load_settings, mask_url
+from ortho_node.ingest.rules import RulesFileError, load_rules
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ortho_node.cli", *args], env={**base, **(env or {})},
+        capture_output=True, text=True, cwd=cwd, timeout=120,
+    )
+
+
+def test_yaml_file_then_environment_then_overrides(tmp_path, monkeypatch):
+    config = tmp_path / "ortho.yaml"
+    config.write_text(yaml.safe_dump({"dimse": {"port": 10400, "ae_title": "FROMFILE"}, "stable_age": {"default_s": 7}}))
+    monkeypatch.setenv("ORTHO_DIMSE__AE_TITLE", "FROMENV")
+    settings = load_settings(config)
+    assert (settings.dimse.port, settings.dimse.ae_title, settings.stable_age.default_s) == (10400, "FROMENV", 7)
+    assert load_settings(config, dimse={"port": 2000}).dimse.port == 2000
+    assert load_settings(config, dimse={"port": 2000}).dimse.ae_title == "FROMENV", "overrides merge, not replace"
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "message"),
+    [
+        ({"dimse": {"port": 70000}}, "dimse.port", "less than or equal to 65535"),
+        ({"dimse": {"ae_title": "A\\B"}}, "dimse.ae_title", "without backslash"),
+        ({"dimse": {"allowed_callers": [{"ae_title": "X", "hosts": ["not-an-ip"]}]}}, "hosts", "not an IP"),
+        ({"worker": {"device": "gpu"}}, "worker.device", "cuda:N"),
+        ({"routing": {"rules": [{"name": "r", "action": "process", "match": {"series_description_pattern": "("}}]}},
+         "series_description_pattern", "invalid regular expression"),
+        ({"unknown_option": 1}, "unknown_option", "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_values_name_the_field(values, field, message):
+    with pytest.raises(ValidationError) as caught:
+        Settings(**values)
+    text = describe_validation_error(caught.value)
+    assert field in text and message in text
+
+
+def test_invalid_config_stops_start_up_with_the_field_named(tmp_path):
+    done = run_cli("serve", env={"ORTHO_DIMSE__PORT": "99999", "ORTHO_VAR_DIR": str(tmp_path)})
+    assert done.returncode == 2
+    assert "dimse.port" in done.stderr and "65535" in done.stderr
+    assert not (tmp_path / "index.sqlite").exists(), "nothing starts with an invalid config"
+
+
+def test_config_show_masks_every_secret(tmp_path):
+    config = tmp_path / "ortho.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database_url": "postgresql+psycopg://ortho:dbpass@db/ortho",
+                "broker_url": "redis://:brokerpass@redis:6379/0",
+                "destinations": [
+                    {"kind": "stow", "name": "vna", "url": "https://user:urlpass@vna/dicomweb", "password": "stowpass"},
+                    {"kind": "stow", "name": "cloud", "url": "https://cloud/dicomweb", "bearer_token": "tokenpass"},
+                ],
+            }
+        )
+    )
+    done = run_cli("--config", str(config), "config", "show", "--json")
+    assert done.returncode == 0, done.stderr
+    for secret in ("dbpass", "brokerpass", "urlpass", "stowpass", "tokenpass"):
+        assert secret not in done.stdout
+    shown = json.loads(done.stdout)
+    assert shown["database_url"] == "postgresql+psycopg://ortho:***@db/ortho"
+    assert shown["destinations"][0]["password"] == "***"
+
+
+def test_mask_url_leaves_urls_without_password_alone():
+    assert mask_url("sqlite:////var/x.sqlite") == "sqlite:////var/x.sqlite"
+    assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_routing_rules_file_is_loaded_after_inline_rules_and_errors_are_precise(tmp_path):
+    rules = tmp_path / "routing.yaml"
+    rules.write_text(yaml.safe_dump({"rules": [{"name": "knee", "action": "process", "match": {"body_part": ["KNEE"]}}]}))
+    settings = Settings(routing={"rules": [{"name": "first", "action": "ignore"}], "rules_file": str(rules)})
+    assert [r.name for r in load_rules(settings.routing)] == ["first", "knee"]
+    rules.write_text("rules: [{name: x, action: maybe}]")
+    with pytest.raises(RulesFileError, match="invalid"):
+        load_rules(settings.routing)
+    rules.unlink()
+    with pytest.raises(RulesFileError, match="No such file"):
+        load_rules(settings.routing)
+
+
+def test_db_upgrade_and_status_on_a_fresh_var_dir(tmp_path):
+    env = {"ORTHO_VAR_DIR": str(tmp_path / "var")}
+    missing = run_cli("status", env=env)
+    assert missing.returncode == 1 and "db upgrade" in missing.stderr
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    done = run_cli("status", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["queue_depth"] == 0
