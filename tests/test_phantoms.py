@@ -1,54 +1,41 @@
-"""Behaviour of the synthetic knee phantoms: determinism, pathology, DICOM validity, syntaxes."""
+"""Rendering behaviour of the synthetic knee phantoms: determinism, pathology, mirroring, speed."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
+import time
 
 import numpy as np
-import pydicom
 import pytest
-from pydicom.uid import JPEG2000, UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from ortho_node.phantoms import (
-    LOSSLESS_TRANSFER_SYNTAXES,
-    SUPPORTED_TRANSFER_SYNTAXES,
     MRPhantomSpec,
+    PixelBox,
     XrayPhantomSpec,
     build_knee_study,
-    encode_transfer_syntax,
     render_knee_mr,
     render_knee_radiograph,
-    write_knee_study,
 )
 
 SMALL_XRAY = {"rows": 256, "columns": 256, "pixel_spacing_mm": 0.6}
 SMALL_MR = {"slices": 12, "rows": 96, "columns": 96, "pixel_spacing_mm": 1.33}
 
 
-def _dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+def medial_joint_space_px(pixels: np.ndarray, box: PixelBox) -> float:
+    """Median height of the dark gap between femur and tibia in the medial compartment.
 
-
-def _medial_joint_space_px(pixels: np.ndarray, box) -> float:
-    """Median height of the dark gap between femur and tibia in the medial compartment (AP, R)."""
+    For a right knee AP view the medial compartment lies in the right part of the joint box.
+    """
     width = box.column1 - box.column0
-    columns = range(box.column0 + int(0.66 * width), box.column0 + int(0.80 * width))
     region = pixels[box.row0:box.row1].astype(np.float64)
     heights = []
-    for c in columns:
-        profile = region[:, c - 2:c + 3].mean(axis=1)
-        profile = np.convolve(profile, np.ones(3) / 3, mode="same")
-        inner = profile[3:-3]
-        lowest = int(np.argmin(inner)) + 3
+    for c in range(box.column0 + int(0.66 * width), box.column0 + int(0.80 * width)):
+        profile = np.convolve(region[:, c - 2:c + 3].mean(axis=1), np.ones(3) / 3, mode="same")
+        lowest = int(np.argmin(profile[3:-3])) + 3
         bone = min(profile[:lowest].max(), profile[lowest:].max())
         dark = profile < (profile[lowest] + bone) / 2
-        top = lowest
+        top = bottom = lowest
         while top > 0 and dark[top - 1]:
             top -= 1
-        bottom = lowest
         while bottom < len(dark) - 1 and dark[bottom + 1]:
             bottom += 1
         heights.append(bottom - top + 1)
@@ -66,27 +53,28 @@ def test_same_seed_gives_identical_radiograph_and_mr() -> None:
     assert render_knee_mr(mr_spec, seed=5).pixels.tobytes() == render_knee_mr(mr_spec, seed=5).pixels.tobytes()
 
 
-def test_different_seeds_differ() -> None:
+def test_different_seeds_differ_in_pixels_pose_and_uids() -> None:
     spec = XrayPhantomSpec(kl_grade=2, side="R", **SMALL_XRAY)
-    a, b = render_knee_radiograph(spec, seed=1), render_knee_radiograph(spec, seed=2)
-    assert np.mean(a.pixels != b.pixels) > 0.5
+    images = [render_knee_radiograph(spec, seed=seed) for seed in range(6)]
+    assert np.mean(images[0].pixels != images[1].pixels) > 0.5
+    # Per-image variation: the joint moves and turns a few degrees, so no template fits all.
+    assert len({image.joint_box for image in images}) == 6
+    rotations = [image.rotation_deg for image in images]
+    assert all(abs(r) <= 4.0 for r in rotations) and max(rotations) - min(rotations) > 1.0
     mr_spec = MRPhantomSpec(**SMALL_MR)
     assert not np.array_equal(render_knee_mr(mr_spec, seed=1).pixels, render_knee_mr(mr_spec, seed=2).pixels)
-    study_a = build_knee_study(seed=1, xrays=[spec])
-    study_b = build_knee_study(seed=2, xrays=[spec])
+    study_a, study_b = build_knee_study(seed=1, xrays=[spec]), build_knee_study(seed=2, xrays=[spec])
     assert study_a.study_instance_uid != study_b.study_instance_uid
     assert study_a.datasets[0].SOPInstanceUID != study_b.datasets[0].SOPInstanceUID
 
 
-def test_written_study_is_byte_identical_for_same_seed(tmp_path: Path) -> None:
-    kwargs = {"seed": 3, "xrays": [XrayPhantomSpec(kl_grade=1, side="L", **SMALL_XRAY)],
-              "mr_series": [MRPhantomSpec(meniscus_tear=True, **SMALL_MR)],
-              "transfer_syntaxes": [RLELossless, JPEG2000Lossless, ExplicitVRLittleEndian]}
-    first = write_knee_study(tmp_path / "a", **kwargs)
-    second = write_knee_study(tmp_path / "b", **kwargs)
-    assert [f.sop_instance_uid for f in first.files] == [f.sop_instance_uid for f in second.files]
-    for a, b in zip(first.files, second.files, strict=True):
-        assert a.path.read_bytes() == b.path.read_bytes()
+def test_value_ranges_are_12_bit_radiographs_and_16_bit_mr() -> None:
+    image = render_knee_radiograph(XrayPhantomSpec(kl_grade=4, side="L", **SMALL_XRAY), seed=3)
+    assert image.pixels.dtype == np.uint16 and int(image.pixels.max()) <= 4095
+    assert image.window_width > 0 and 0 < image.window_center < 4095
+    volume = render_knee_mr(MRPhantomSpec(contrast="T2", effusion=True, **SMALL_MR), seed=3)
+    assert volume.pixels.dtype == np.uint16 and volume.pixels.shape == (12, 96, 96)
+    assert int(volume.pixels.max()) > 4095  # uses the 16-bit range, not just 12 bits
 
 
 # -- pathology and anatomy -------------------------------------------------------------------
@@ -95,20 +83,31 @@ def test_joint_space_narrows_with_kl_grade() -> None:
     widths = []
     for grade in range(5):
         image = render_knee_radiograph(XrayPhantomSpec(kl_grade=grade, side="R"), seed=21)
-        widths.append(_medial_joint_space_px(image.pixels, image.joint_box))
+        widths.append(medial_joint_space_px(image.pixels, image.joint_box))
     assert all(a > b for a, b in zip(widths, widths[1:])), widths
     # Grade 4 is near bone-on-bone medially: well under half the healthy width.
     assert widths[4] < 0.5 * widths[0], widths
 
 
-def test_monochrome1_stores_inverted_values() -> None:
-    spec2 = XrayPhantomSpec(kl_grade=2, side="R", photometric="MONOCHROME2", **SMALL_XRAY)
-    spec1 = XrayPhantomSpec(kl_grade=2, side="R", photometric="MONOCHROME1", **SMALL_XRAY)
-    mono2 = build_knee_study(seed=4, xrays=[spec2]).datasets[0]
-    mono1 = build_knee_study(seed=4, xrays=[spec1]).datasets[0]
-    assert mono1.PhotometricInterpretation == "MONOCHROME1"
-    assert mono1.PresentationLUTShape == "INVERSE" and mono2.PresentationLUTShape == "IDENTITY"
-    np.testing.assert_array_equal(mono1.pixel_array.astype(np.int32), 4095 - mono2.pixel_array.astype(np.int32))
+def test_joint_space_tracks_grade_across_poses() -> None:
+    """With a different pose and knee for every image, mean width still falls with grade."""
+    spec = {"rows": 512, "columns": 512, "pixel_spacing_mm": 0.3}
+    means = []
+    for grade in (0, 2, 4):
+        images = [render_knee_radiograph(XrayPhantomSpec(kl_grade=grade, side="R", **spec),
+                                         seed=100 * grade + k) for k in range(3)]
+        means.append(np.mean([medial_joint_space_px(i.pixels, i.joint_box) for i in images]))
+    assert means[0] > means[1] > means[2], means
+
+
+def test_higher_grades_add_bone_at_the_joint_margins() -> None:
+    """Osteophytes and sclerosis: more bright bone in the joint region at grade 4 than at 0."""
+    healthy = render_knee_radiograph(XrayPhantomSpec(kl_grade=0, side="R"), seed=4)
+    severe = render_knee_radiograph(XrayPhantomSpec(kl_grade=4, side="R"), seed=4)
+    box = healthy.joint_box
+    region = (slice(box.row0, box.row1), slice(box.column0, box.column1))
+    threshold = np.percentile(healthy.pixels[region], 90)
+    assert (severe.pixels[region] > threshold).mean() > 1.2 * (healthy.pixels[region] > threshold).mean()
 
 
 def test_left_knee_is_mirror_of_right_knee() -> None:
@@ -121,6 +120,20 @@ def test_left_knee_is_mirror_of_right_knee() -> None:
     left_mr = render_knee_mr(MRPhantomSpec(side="L", **SMALL_MR), seed=8)
     np.testing.assert_array_equal(left_mr.pixels, right_mr.pixels[::-1])
     assert np.allclose(left_mr.slice_positions_mm, [-p for p in reversed(right_mr.slice_positions_mm)])
+    # Slices run from the patient's right to left; each knee sits on its own side.
+    assert right_mr.slice_positions_mm == tuple(sorted(right_mr.slice_positions_mm))
+    assert max(right_mr.slice_positions_mm) < 0 < min(left_mr.slice_positions_mm)
+
+
+def test_fibula_is_on_the_lateral_side_of_an_ap_view() -> None:
+    """Right knee AP, radiological display: lateral (fibula) on the image left, below the joint."""
+    image = render_knee_radiograph(XrayPhantomSpec(kl_grade=0, side="R"), seed=2)
+    box = image.joint_box
+    width = box.column1 - box.column0
+    below = slice(box.row1 + 10, min(image.pixels.shape[0], box.row1 + 120))
+    outer_left = image.pixels[below, box.column0 + width // 20:box.column0 + width // 6].mean()
+    outer_right = image.pixels[below, box.column1 - width // 6:box.column1 - width // 20].mean()
+    assert outer_left > outer_right
 
 
 def test_torn_acl_differs_from_intact_inside_the_acl_region() -> None:
@@ -135,72 +148,62 @@ def test_torn_acl_differs_from_intact_inside_the_acl_region() -> None:
     acl_diff = diff[list(intact.acl_slices)]
     assert acl_diff[:, inside].mean() > 10 * max(acl_diff[:, ~inside].mean(), 1.0)
     # A torn ACL is brighter (oedema, fluid) than the dark intact ligament.
-    assert torn.pixels[list(torn.acl_slices)][:, inside].mean() > intact.pixels[list(intact.acl_slices)][:, inside].mean()
+    acl = list(intact.acl_slices)
+    assert torn.pixels[acl][:, inside].mean() > intact.pixels[acl][:, inside].mean()
 
 
-# -- DICOM validity --------------------------------------------------------------------------
-
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools dciodvfy not installed")
-def test_dciodvfy_reports_no_errors(tmp_path: Path) -> None:
-    xrays = [
-        XrayPhantomSpec(kl_grade=0, side="R", photometric="MONOCHROME2", **SMALL_XRAY),
-        XrayPhantomSpec(kl_grade=4, side="L", photometric="MONOCHROME1", view="LAT", **SMALL_XRAY),
-        XrayPhantomSpec(kl_grade=0, side="R", modality="CR", photometric="MONOCHROME1", **SMALL_XRAY),
-        XrayPhantomSpec(kl_grade=4, side="L", modality="CR", photometric="MONOCHROME2", view="LAT", **SMALL_XRAY),
-    ]
-    study = write_knee_study(tmp_path, seed=9, xrays=xrays,
-                             mr_series=[MRPhantomSpec(acl_tear=True, contrast="T2", **SMALL_MR)])
-    checked = [f for f in study.files if f.modality != "MR"] + [f for f in study.files if f.modality == "MR"][:2]
-    assert {f.modality for f in checked} == {"DX", "CR", "MR"}
-    for phantom_file in checked:
-        assert _dciodvfy_errors(phantom_file.path) == [], phantom_file
+def test_meniscus_tear_adds_bright_signal_in_the_medial_horn_only() -> None:
+    spec = {"rows": 256, "columns": 256, "pixel_spacing_mm": 0.5, "slices": 32, "contrast": "T2"}
+    intact = render_knee_mr(MRPhantomSpec(meniscus_tear=False, **spec), seed=17)
+    torn = render_knee_mr(MRPhantomSpec(meniscus_tear=True, **spec), seed=17)
+    changed = np.argwhere(torn.pixels != intact.pixels)
+    assert len(changed) > 0
+    assert set(np.unique(changed[:, 0])) <= set(intact.medial_meniscus_slices)
+    box = intact.meniscus_box
+    assert (box.row0 <= changed[:, 1]).all() and (changed[:, 1] < box.row1).all()
+    assert (torn.pixels.astype(np.int64) - intact.pixels).sum() > 0  # brighter, not darker
 
 
-@pytest.mark.parametrize("transfer_syntax", SUPPORTED_TRANSFER_SYNTAXES, ids=lambda uid: UID(uid).name)
-def test_each_transfer_syntax_round_trips(tmp_path: Path, transfer_syntax: str) -> None:
-    built = build_knee_study(seed=6, xrays=[XrayPhantomSpec(kl_grade=2, side="L", **SMALL_XRAY)],
-                             mr_series=[MRPhantomSpec(**{**SMALL_MR, "slices": 8})])
-    for ds in (built.datasets[0], built.datasets[3]):
-        reference = ds.pixel_array.copy()
-        encode_transfer_syntax(ds, transfer_syntax)
-        path = tmp_path / f"{ds.Modality}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        back = pydicom.dcmread(path)
-        assert back.file_meta.TransferSyntaxUID == transfer_syntax
-        assert back.SOPInstanceUID == ds.SOPInstanceUID
-        decoded = back.pixel_array
-        if transfer_syntax in LOSSLESS_TRANSFER_SYNTAXES:
-            np.testing.assert_array_equal(decoded, reference)
-        else:
-            assert back.LossyImageCompression == "01"
-            error = np.abs(decoded.astype(np.float64) - reference).mean()
-            assert 0 < error < 0.02 * float(reference.max())
+# -- speed -----------------------------------------------------------------------------------
+
+def test_rendering_is_fast() -> None:
+    """A 2000 x 2500 radiograph well under a second and a 256 x 256 MR slice in a few ms
+    (generous bounds: the CI machine is shared)."""
+    spec = XrayPhantomSpec(kl_grade=3, side="L", rows=2500, columns=2000, pixel_spacing_mm=0.14)
+    started = time.process_time()
+    render_knee_radiograph(spec, seed=1)
+    assert time.process_time() - started < 2.0
+    started = time.process_time()
+    render_knee_mr(MRPhantomSpec(slices=24), seed=1)
+    assert (time.process_time() - started) / 24 < 0.025
 
 
-def test_study_files_share_patient_study_and_series(tmp_path: Path) -> None:
-    study = write_knee_study(
-        tmp_path, seed=12,
-        xrays=[XrayPhantomSpec(kl_grade=3, side="L", **SMALL_XRAY),
-               XrayPhantomSpec(kl_grade=3, side="L", view="LAT", **SMALL_XRAY)],
-        mr_series=[MRPhantomSpec(acl_tear=True, side="R", **SMALL_MR)],
-        transfer_syntaxes=[JPEG2000, JPEGLSLossless, RLELossless, ExplicitVRLittleEndian],
-        patient_index=42,
-    )
-    headers = [pydicom.dcmread(f.path, stop_before_pixels=True) for f in study.files]
-    assert len(headers) == 2 + SMALL_MR["slices"]
-    assert {h.StudyInstanceUID for h in headers} == {study.study_instance_uid}
-    assert {h.PatientID for h in headers} == {study.patient_id} == {"PHANTOM-00000042"}
-    assert {str(h.PatientName) for h in headers} == {"PHANTOM^KNEE^0042"}
-    assert len({h.SOPInstanceUID for h in headers}) == len(headers)
-    mr = [h for h in headers if h.Modality == "MR"]
-    assert len({h.SeriesInstanceUID for h in mr}) == 1 and len({h.FrameOfReferenceUID for h in mr}) == 1
-    assert [int(h.InstanceNumber) for h in mr] == list(range(1, SMALL_MR["slices"] + 1))
-    assert len({h.SeriesInstanceUID for h in headers}) == 3
-    assert {h.file_meta.TransferSyntaxUID for h in headers} == {
-        JPEG2000, JPEGLSLossless, RLELossless, ExplicitVRLittleEndian}
-    assert dict(study.labels["kl_grade"]) == {"L": 3}
-    assert dict(study.labels["acl_tear"]) == {"R": True}
-    assert {h.BodyPartExamined for h in headers} == {"KNEE"}
-    for f, h in zip(study.files, headers, strict=True):
-        assert (f.sop_instance_uid, f.series_instance_uid, f.modality) == (
-            h.SOPInstanceUID, h.SeriesInstanceUID, h.Modality)
+# -- input validation ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "error", "fragment"), [
+    ({"kl_grade": 5, "side": "R"}, ValueError, "kl_grade"),
+    ({"kl_grade": "2", "side": "R"}, TypeError, "kl_grade"),
+    ({"kl_grade": 2, "side": "B"}, ValueError, "side"),
+    ({"kl_grade": 2, "side": "R", "view": "PA"}, ValueError, "PA"),
+    ({"kl_grade": 2, "side": "R", "rows": 10}, ValueError, "rows"),
+    ({"kl_grade": 2, "side": "R", "pixel_spacing_mm": 5.0}, ValueError, "pixel_spacing_mm"),
+    ({"kl_grade": 2, "side": "R", "photometric": "RGB"}, ValueError, "RGB"),
+])
+def test_xray_spec_rejects_bad_input(kwargs: dict, error: type[Exception], fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        XrayPhantomSpec(**kwargs)
+
+
+def test_specs_normalise_strings_and_reject_bad_mr_input() -> None:
+    spec = XrayPhantomSpec(kl_grade=1, side="L", view="LL", modality="CR", photometric="MONOCHROME1")
+    assert (spec.side.value, spec.view.value, spec.modality.value) == ("L", "LAT", "CR")
+    with pytest.raises(TypeError, match="acl_tear"):
+        MRPhantomSpec(acl_tear=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="slices"):
+        MRPhantomSpec(slices=200)
+    with pytest.raises(ValueError, match="T1"):
+        MRPhantomSpec(contrast="T1")
+    with pytest.raises(TypeError, match="XrayPhantomSpec"):
+        render_knee_radiograph(MRPhantomSpec(), seed=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed"):
+        render_knee_mr(MRPhantomSpec(), seed=-1)

@@ -13,6 +13,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
 from ortho_node.model.findings import Laterality
+from ortho_node.phantoms.detector import MAX_VALUE
 from ortho_node.phantoms.dicom_common import (
     CodedConcept,
     SeriesInfo,
@@ -22,7 +23,7 @@ from ortho_node.phantoms.dicom_common import (
 )
 from ortho_node.phantoms.identity import PatientIdentity, StudyIdentity
 from ortho_node.phantoms.specs import Photometric, XrayModality, XrayPhantomSpec, XrayView
-from ortho_node.phantoms.xray import MAX_VALUE, KneeRadiograph
+from ortho_node.phantoms.xray import KneeRadiograph
 
 KNEE_REGION = CodedConcept("72696002", "SCT", "Knee")
 """Anatomic region (CID 4031)."""
@@ -93,50 +94,61 @@ def build_radiograph_dataset(image: KneeRadiograph, spec: XrayPhantomSpec, *,
         patient=patient, study=study, series=series, instance_number=instance_number,
         study_description="XR KNEE",
     )
-    side, view = spec.side, spec.view
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.PatientOrientation = _patient_orientation(view, side)
-    ds.ViewPosition = _view_position(view, side)
-    ds.KVP = f"{image.kvp:.0f}"
-    ds.ExposureTime = 20
-    ds.XRayTubeCurrent = int(round(image.exposure_mas * 1000 / 20))
-    ds.Exposure = max(1, int(round(image.exposure_mas)))
-    ds.ExposureInuAs = int(round(image.exposure_mas * 1000))
-    ds.DistanceSourceToDetector = "1150"
-    ds.WindowCenter = f"{image.window_center:.0f}"
-    ds.WindowWidth = f"{image.window_width:.0f}"
-    ds.WindowCenterWidthExplanation = "BONE"
-    spacing = [f"{spec.pixel_spacing_mm:.4g}", f"{spec.pixel_spacing_mm:.4g}"]
+    add_projection_basics(
+        ds, view_position=_view_position(spec.view, spec.side),
+        patient_orientation=_patient_orientation(spec.view, spec.side), kvp=image.kvp,
+        exposure_mas=image.exposure_mas, window=(image.window_center, image.window_width),
+        spacing=[f"{spec.pixel_spacing_mm:.4g}"] * 2,
+    )
+    ds.ImageLaterality = spec.side.value
     if spec.modality is XrayModality.DX:
-        _add_dx_modules(ds, image, spec, spacing)
+        _add_dx_modules(ds, spec)
     else:
-        ds.ImageLaterality = side.value
-        ds.PlateID = "PH-PLATE-1"
-        ds.ImagerPixelSpacing = spacing
-        ds.PixelSpacing = spacing
-        ds.RescaleIntercept = "0"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "US"
+        add_cr_image(ds)
     set_grey_pixels(ds, stored_values(image, spec.photometric), bits_stored=12,
                     photometric=spec.photometric.value)
     return ds
 
 
-def _add_dx_modules(ds: Dataset, image: KneeRadiograph, spec: XrayPhantomSpec,
-                    spacing: list[str]) -> None:
+def add_projection_basics(ds: Dataset, *, view_position: str, patient_orientation: list[str],
+                          kvp: float, exposure_mas: float, window: tuple[float, float],
+                          spacing: list[str]) -> None:
+    """Set what every projection radiograph carries: image type, orientation, view, technique
+    factors (X-Ray Acquisition Dose), detector and image spacing, identity rescale, a VOI window."""
+    ds.ImagerPixelSpacing = spacing
+    ds.PixelSpacing = spacing
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PatientOrientation = patient_orientation
+    ds.ViewPosition = view_position
+    ds.KVP = f"{kvp:.0f}"
+    ds.ExposureTime = 20
+    ds.XRayTubeCurrent = int(round(exposure_mas * 1000 / 20))
+    ds.Exposure = max(1, int(round(exposure_mas)))
+    ds.ExposureInuAs = int(round(exposure_mas * 1000))
+    ds.DistanceSourceToDetector = "1150"
+    ds.WindowCenter = f"{window[0]:.0f}"
+    ds.WindowWidth = f"{window[1]:.0f}"
+
+
+def add_cr_image(ds: Dataset) -> None:
+    """Set the (optional) CR Image module attributes of a computed radiograph."""
+    ds.PlateID = "PH-PLATE-1"
+    ds.PlateType = "PHOSPHOR"
+
+
+def _add_dx_modules(ds: Dataset, spec: XrayPhantomSpec) -> None:
     mono1 = spec.photometric is Photometric.MONOCHROME1
     # DX Series.
     ds.PresentationIntentType = "FOR PRESENTATION"
-    # DX Anatomy Imaged.
-    ds.ImageLaterality = spec.side.value
+    # DX Anatomy Imaged (Image Laterality is set by the caller).
     ds.AnatomicRegionSequence = code_sequence(KNEE_REGION)
     # DX Image.
     ds.PixelIntensityRelationship = "LOG"
     # +1: lower values mean less X-ray intensity reached the detector (bone dark in storage).
     ds.PixelIntensityRelationshipSign = 1 if mono1 else -1
-    ds.RescaleIntercept = "0"
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "US"
     ds.PresentationLUTShape = "INVERSE" if mono1 else "IDENTITY"
     ds.CalibrationImage = "NO"
     # DX Detector.
@@ -144,8 +156,6 @@ def _add_dx_modules(ds: Dataset, image: KneeRadiograph, spec: XrayPhantomSpec,
     ds.DetectorConfiguration = "AREA"
     ds.DetectorID = "PH-DET-1"
     ds.DetectorConditionsNominalFlag = "YES"
-    ds.ImagerPixelSpacing = spacing
-    ds.PixelSpacing = spacing
     ds.PixelSpacingCalibrationType = "GEOMETRY"
     ds.PixelSpacingCalibrationDescription = "magnification at the knee assumed"
     ds.FieldOfViewShape = "RECTANGLE"

@@ -56,6 +56,8 @@ class PhantomStudy:
     patient_id: str
     files: tuple[PhantomFile, ...]
     labels: Mapping[str, Any]
+    series_labels: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Series Instance UID -> what that series shows (laterality, view, task values)."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def build_knee_study(*, seed: int, xrays: Sequence[XrayPhantomSpec] = (),
             sop_instance_uid=phantom_uid("instance", seed, patient_index, "xray", index, 1),
         ))
         series_labels[series.series_instance_uid] = MappingProxyType(
-            {"laterality": side, "kl_grade": spec.kl_grade})
+            {"laterality": side, "view": spec.view.value, "kl_grade": spec.kl_grade})
 
     for index, spec in enumerate(mr_series):
         number = next(series_number)
@@ -275,4 +277,5 @@ def write_knee_study(out_dir: Path, *, seed: int, xrays: Sequence[XrayPhantomSpe
         patient_id=built.patient_id,
         files=files,
         labels=built.labels,
+        series_labels=built.series_labels,
     )

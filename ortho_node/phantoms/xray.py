@@ -21,15 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ortho_node.model.findings import Laterality
+from ortho_node.phantoms.detector import detector_values
 from ortho_node.phantoms.geometry import Canvas, PixelBox, Pose
 from ortho_node.phantoms.seeding import derive_seed, rng_for
 from ortho_node.phantoms.specs import XrayPhantomSpec, XrayView
-from ortho_node.phantoms.texture import box_blur, tiled_noise
+from ortho_node.phantoms.texture import tiled_noise
 from ortho_node.phantoms.xray_anatomy import draw_anatomy, draw_pathology
 from ortho_node.phantoms.xray_views import draw_ap, draw_lateral
 
-MAX_VALUE = 4095
-"""Largest stored value: the phantoms are 12-bit (Bits Stored 12)."""
 
 # Anatomical rectangle (u0, v0, u1, v1) holding the tibiofemoral joint on each view.
 _JOINT_BOUNDS = {XrayView.AP: (-45.0, -16.0, 45.0, 12.0), XrayView.LATERAL: (-34.0, -16.0, 30.0, 12.0)}
@@ -86,32 +85,6 @@ def _draw_pose(rng: np.random.Generator, spec: XrayPhantomSpec, body_scale: floa
     )
 
 
-def _detector_output(line_integral: np.ndarray, rng: np.random.Generator, *, exposure: float,
-                     blur_factor: int) -> np.ndarray:
-    """Turn a line-integral map into processed 12-bit detector values (modified in place).
-
-    Adds noise (quantum noise grows where fewer photons get through, roughly exp(L/2) in the
-    log domain, plus a small electronic floor), applies unsharp masking as DX processing does,
-    and maps to 0-4095 with a random gain and offset.
-    """
-    gain = np.float32(720.0 * float(rng.uniform(0.88, 1.12)))
-    offset = np.float32(160.0 * float(rng.uniform(0.6, 1.4)))
-    sigma = np.exp(np.float32(0.4) * line_integral)
-    sigma *= np.float32(0.006 / np.sqrt(exposure))
-    sigma += np.float32(3.0) / gain
-    noise = rng.standard_normal(line_integral.shape, dtype=np.float32)
-    noise *= sigma
-    line_integral += noise
-    # gain * (1.15 * (L - low) + 0.8 * low) + offset: details up, large-scale range down.
-    low = box_blur(line_integral, factor=blur_factor)
-    low *= np.float32(-0.35) * gain
-    line_integral *= np.float32(1.15) * gain
-    line_integral += low
-    line_integral += offset + np.float32(0.5)  # + 0.5: the cast below then rounds
-    np.clip(line_integral, 0, MAX_VALUE, out=line_integral)
-    return line_integral.astype(np.uint16)
-
-
 def render_knee_radiograph(spec: XrayPhantomSpec, *, seed: int,
                            anatomy_seed: int | None = None) -> KneeRadiograph:
     """Render one synthetic knee radiograph.
@@ -163,8 +136,8 @@ def render_knee_radiograph(spec: XrayPhantomSpec, *, seed: int,
     bone *= texture
     soft += bone
     exposure = float(noise_rng.uniform(0.8, 1.25))
-    pixels = _detector_output(soft, noise_rng, exposure=exposure,
-                              blur_factor=max(2, round(5.0 / spec.pixel_spacing_mm)))
+    pixels = detector_values(soft, noise_rng, exposure=exposure,
+                             blur_factor=max(2, round(5.0 / spec.pixel_spacing_mm)))
 
     joint_box = canvas.box(*_JOINT_BOUNDS[spec.view])
     if joint_box is None:  # cannot happen with the pose limits above; keep the type honest
