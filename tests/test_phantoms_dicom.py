@@ -15,7 +15,6 @@ from pydicom.uid import (
     JPEG2000,
     UID,
     ExplicitVRLittleEndian,
-    JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
 )

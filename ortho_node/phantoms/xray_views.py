@@ -37,8 +37,10 @@ def _bump(u: np.ndarray, center: float, radius: float) -> np.ndarray:
 
 
 def _add_femur_shaft(femur: BoneBuilder, *, end_v: float, center: float,
-                     flare_half_width: float, depth_ratio: tuple[float, float]) -> None:
-    """Femoral shaft widening into the metaphysis, fading out over 6 mm above ``end_v``."""
+                     flare_half_width: float, depth_ratio: tuple[float, float],
+                     fade_mm: float = 6.0) -> None:
+    """Femoral shaft widening into the metaphysis, fading out over ``fade_mm`` above ``end_v``
+    (a long fade hides the seam where a shallower condyle takes over)."""
     def field(u: np.ndarray, v: np.ndarray) -> Paths:
         t = smoothstep((v + 105.0) / 75.0)
         # The flare is concave: slow at first, then out to the epicondyles.
@@ -46,7 +48,7 @@ def _add_femur_shaft(femur: BoneBuilder, *, end_v: float, center: float,
         depth = 2.0 * width * (depth_ratio[0] + (depth_ratio[1] - depth_ratio[0]) * t)
         # Round shaft, boxy metaphysis: as deep as the condyles it carries.
         outer, inner = tube_paths(u, center * t, width, depth, 4.5 - 3.5 * t, 1.0 + 1.5 * t)
-        fade = smoothstep((end_v - v) / 6.0)
+        fade = smoothstep((end_v - v) / fade_mm)
         return outer * fade, inner * fade
 
     reach = flare_half_width + abs(center) + 2.0
@@ -221,14 +223,15 @@ def draw_lateral(canvas: Canvas, anatomy: KneeAnatomy, pathology: KneePathology
     med_bottom = p.plateau_depression_mm - p.jsw_medial_mm
     med_r = (anatomy.medial_condyle_radii[1], anatomy.medial_condyle_radii[1])
     lat_r = (anatomy.lateral_condyle_radii[1], anatomy.lateral_condyle_radii[1])
-    med_center = (-8.0, med_bottom - med_r[1] + p.condyle_flattening_mm)
-    lat_center = (-6.5, -p.jsw_lateral_mm - lat_r[1])
+    # The condyles sit behind the shaft axis (posterior condylar offset), the trochlea in front.
+    med_center = (-10.5, med_bottom - med_r[1] + p.condyle_flattening_mm)
+    lat_center = (-9.0, -p.jsw_lateral_mm - lat_r[1])
     femur = BoneBuilder(canvas)
-    _add_femur_shaft(femur, end_v=min(med_center[1], lat_center[1]) + 3.0, center=-5.5,
-                     flare_half_width=24.0, depth_ratio=(1.0, 1.6))
-    femur.add_ellipsoid((9.0, med_center[1] - 3.0), (12.0, 16.0), 70.0, fullness=1.5)
-    _add_condyle(femur, med_center, med_r, 72.0, bottom=med_bottom, sclerosis=p.sclerosis)
-    _add_condyle(femur, lat_center, lat_r, 72.0, bottom=-p.jsw_lateral_mm,
+    _add_femur_shaft(femur, end_v=min(med_center[1], lat_center[1]) + 3.0, center=-7.0,
+                     flare_half_width=25.0, depth_ratio=(1.0, 1.8), fade_mm=22.0)
+    femur.add_ellipsoid((7.0, med_center[1] - 4.0), (13.0, 17.0), 70.0, fullness=1.5)
+    _add_condyle(femur, med_center, med_r, 68.0, bottom=med_bottom, sclerosis=p.sclerosis)
+    _add_condyle(femur, lat_center, lat_r, 66.0, bottom=-p.jsw_lateral_mm,
                  sclerosis=0.35 * p.sclerosis)
     # The other condyle's cortex still shows as a second, fainter contour.
     femur.add_density(ellipse_bounds(lat_center, lat_r),
@@ -249,7 +252,7 @@ def draw_lateral(canvas: Canvas, anatomy: KneeAnatomy, pathology: KneePathology
     tibia = BoneBuilder(canvas)
     _add_tibia(tibia, top=plateau, center=(-1.0, 2.5), half_width=26.0,
                depth_at_top=2.0 * anatomy.plateau_half_width, sclerosis=plateau_sclerosis)
-    tibia.add_ellipsoid((24.0, 31.0), (5.0, 13.0), 28.0, angle_deg=-10.0)
+    tibia.add_ellipsoid((22.5, 30.0), (4.5, 14.0), 30.0, angle_deg=-10.0)  # tibial tuberosity
     for rim, direction, length in ((22.5, (1.0, -0.5), spurs[0]), (-24.0, (-1.0, -0.4), spurs[2])):
         tibia.add_spur((rim, float(plateau(np.float32(rim))) + 1.0), direction, length)
     _add_cysts(tibia, p)
