@@ -195,7 +195,9 @@ def test_study_files_share_patient_study_and_series(tmp_path: Path) -> None:
     assert {h.StudyInstanceUID for h in headers} == {study.study_instance_uid}
     assert {h.PatientID for h in headers} == {study.patient_id} == {"PHANTOM-00000042"}
     assert {str(h.PatientName) for h in headers} == {"PHANTOM^KNEE^0042"}
-    assert len({(h.AccessionNumber, h.StudyDate, h.StudyTime, h.StudyID) for h in headers}) == 1
+    assert {(h.AccessionNumber, h.StudyDate, h.StudyTime, h.StudyID, h.StudyDescription, h.PatientAge)
+            for h in headers} == {(headers[0].AccessionNumber, headers[0].StudyDate, headers[0].StudyTime,
+                                   headers[0].StudyID, "XR MR KNEE", headers[0].PatientAge)}
     assert len({h.SOPInstanceUID for h in headers}) == len(headers)
     mr = [h for h in headers if h.Modality == "MR"]
     assert len({h.SeriesInstanceUID for h in mr}) == 1 and len({h.FrameOfReferenceUID for h in mr}) == 1

@@ -57,8 +57,7 @@ def code_sequence(concept: CodedConcept) -> Sequence:
 
 
 def new_instance(*, sop_class_uid: str, sop_instance_uid: str, patient: PatientIdentity,
-                 study: StudyIdentity, series: SeriesInfo, instance_number: int,
-                 study_description: str) -> Dataset:
+                 study: StudyIdentity, series: SeriesInfo, instance_number: int) -> Dataset:
     """Return a dataset with file meta, patient, study, series, equipment and SOP common filled.
 
     Parameters
@@ -69,8 +68,6 @@ def new_instance(*, sop_class_uid: str, sop_instance_uid: str, patient: PatientI
         Identities shared by all instances of the study / series.
     instance_number : int
         1-based position of the instance in its series.
-    study_description : str
-        Study Description (LO, at most 64 characters).
 
     Returns
     -------
@@ -105,7 +102,7 @@ def new_instance(*, sop_class_uid: str, sop_instance_uid: str, patient: PatientI
     ds.ReferringPhysicianName = study.referring_physician_name
     ds.StudyID = study.study_id
     ds.AccessionNumber = study.accession_number
-    ds.StudyDescription = study_description
+    ds.StudyDescription = study.description
     age_years = int(study.study_date[:4]) - int(patient.birth_date[:4])
     ds.PatientAge = f"{age_years:03d}Y"
     # General Series module.

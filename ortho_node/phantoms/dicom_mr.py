@@ -47,7 +47,7 @@ class SlicePlane:
 def new_mr_instance(*, plane: SlicePlane, timing: SequenceTiming, pixels: np.ndarray,
                     window: tuple[float, float], patient: PatientIdentity, study: StudyIdentity,
                     series: SeriesInfo, sop_instance_uid: str, frame_of_reference_uid: str,
-                    instance_number: int, study_description: str, coil: str) -> Dataset:
+                    instance_number: int, coil: str) -> Dataset:
     """Return an MR Image Storage dataset for one slice of any body part.
 
     Fills Frame of Reference, Image Plane and MR Image (a 2D turbo spin echo consistent with
@@ -63,7 +63,6 @@ def new_mr_instance(*, plane: SlicePlane, timing: SequenceTiming, pixels: np.nda
     ds = new_instance(
         sop_class_uid=MRImageStorage, sop_instance_uid=sop_instance_uid, patient=patient,
         study=study, series=series, instance_number=instance_number,
-        study_description=study_description,
     )
     ds.PatientPosition = "FFS"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
@@ -143,7 +142,7 @@ def build_mr_slice_dataset(series_image: KneeMRSeries, index: int, *, patient: P
         window=(series_image.window_center, series_image.window_width), patient=patient,
         study=study, series=series, sop_instance_uid=sop_instance_uid,
         frame_of_reference_uid=frame_of_reference_uid, instance_number=index + 1,
-        study_description="MR KNEE", coil="KNEE 16CH",
+        coil="KNEE 16CH",
     )
     ds.Laterality = spec.side.value
     return ds

@@ -92,7 +92,6 @@ def build_radiograph_dataset(image: KneeRadiograph, spec: XrayPhantomSpec, *,
     ds = new_instance(
         sop_class_uid=SOP_CLASS_BY_MODALITY[spec.modality], sop_instance_uid=sop_instance_uid,
         patient=patient, study=study, series=series, instance_number=instance_number,
-        study_description="XR KNEE",
     )
     add_projection_basics(
         ds, view_position=_view_position(spec.view, spec.side),

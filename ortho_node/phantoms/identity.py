@@ -88,10 +88,16 @@ class StudyIdentity:
     accession_number: str
     study_id: str
     referring_physician_name: str
+    description: str
 
     @classmethod
-    def from_seed(cls, seed: int, *, patient_index: int) -> StudyIdentity:
-        """Build the identity of the study made from ``seed`` for patient ``patient_index``."""
+    def from_seed(cls, seed: int, *, patient_index: int, description: str) -> StudyIdentity:
+        """Build the identity of the study made from ``seed`` for patient ``patient_index``.
+
+        ``description`` is the Study Description (LO, at most 64 characters), e.g. "XR KNEE".
+        """
+        if not description or len(description) > 64:
+            raise ValueError(f"description must be 1-64 characters, got {description!r}")
         rng = rng_for(seed, "study", patient_index)
         day = dt.date(2021, 1, 4) + dt.timedelta(days=int(rng.integers(0, 1400)))
         seconds = int(rng.integers(7 * 3600, 19 * 3600))
@@ -103,4 +109,5 @@ class StudyIdentity:
             accession_number=f"PH{number:010d}",
             study_id=f"K{number % 10**8:08d}",
             referring_physician_name="PHANTOM^REFERRER",
+            description=description,
         )

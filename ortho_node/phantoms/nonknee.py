@@ -136,7 +136,8 @@ def build_non_knee_study(*, seed: int, kind: NonKneeKind | str = NonKneeKind.CHE
     if patient_index is None:
         patient_index = seed % (MAX_PATIENT_INDEX + 1)
     patient = PatientIdentity.from_index(patient_index)
-    study = StudyIdentity.from_seed(seed, patient_index=patient_index)
+    description = "XR CHEST" if kind is NonKneeKind.CHEST_CR else "MR BRAIN"
+    study = StudyIdentity.from_seed(seed, patient_index=patient_index, description=description)
     series_uid = phantom_uid("series", seed, patient_index, kind.value, 0)
     if kind is NonKneeKind.CHEST_CR:
         datasets = (_chest_dataset(seed, patient, study, series_uid, body_part),)
@@ -156,7 +157,7 @@ def _chest_dataset(seed: int, patient: PatientIdentity, study: StudyIdentity, se
     ds = new_instance(
         sop_class_uid=SOP_CLASS_BY_MODALITY[XrayModality.CR],
         sop_instance_uid=phantom_uid("instance", seed, patient.patient_index, "chest", 1),
-        patient=patient, study=study, series=series, instance_number=1, study_description="XR CHEST",
+        patient=patient, study=study, series=series, instance_number=1,
     )
     low, high = np.percentile(pixels[::4, ::4], [1.0, 99.5])
     add_projection_basics(ds, view_position="PA", patient_orientation=["L", "F"], kvp=120.0,
@@ -187,7 +188,7 @@ def _head_datasets(seed: int, patient: PatientIdentity, study: StudyIdentity, se
             plane=plane, timing=timing, pixels=volume[k], window=((low + high) / 2, max(64.0, high - low)),
             patient=patient, study=study, series=series,
             sop_instance_uid=phantom_uid("instance", seed, patient.patient_index, "head", k + 1),
-            frame_of_reference_uid=frame, instance_number=k + 1, study_description="MR BRAIN",
+            frame_of_reference_uid=frame, instance_number=k + 1,
             coil="HEAD 20CH",
         ))
     return datasets

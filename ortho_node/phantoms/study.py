@@ -134,7 +134,8 @@ def build_knee_study(*, seed: int, xrays: Sequence[XrayPhantomSpec] = (),
     if patient_index is None:
         patient_index = seed % (MAX_PATIENT_INDEX + 1)
     patient = PatientIdentity.from_index(patient_index)
-    study = StudyIdentity.from_seed(seed, patient_index=patient_index)
+    modalities = ("XR " if xrays else "") + ("MR " if mr_series else "")
+    study = StudyIdentity.from_seed(seed, patient_index=patient_index, description=f"{modalities}KNEE")
     labels: dict[str, dict[str, Any]] = {}
     series_labels: dict[str, Mapping[str, Any]] = {}
     datasets: list[Dataset] = []
