@@ -174,6 +174,7 @@ def test_verify_fails_on_weights_that_do_not_fit_the_manifest(saved: tuple) -> N
         (lambda d: d["provenance"].pop("synthetic"), "'synthetic' is a required property"),
         (lambda d: d["heads"][0]["codes"]["concept"].update(value="X" * 17), "is too long"),
         (lambda d: d["encoder"].update(depth=5), "depth 5 .is 4."),
+        (lambda d: d["encoder"].update(arch="vit_giant_patch14_dinov2"), "arch must be one of"),
     ],
 )
 def test_verify_fails_on_a_bad_manifest(saved: tuple, change, message: str) -> None:
@@ -188,6 +189,11 @@ def test_verify_fails_on_a_bad_manifest(saved: tuple, change, message: str) -> N
 def test_missing_pieces_are_reported(tmp_path: Path, saved: tuple) -> None:
     with pytest.raises(BundleError, match="no manifest.json"):
         load_bundle(tmp_path / "nowhere")
+    foreign = tmp_path / "foreign"
+    shutil.copytree(saved[0], foreign)
+    _rewrite_manifest(foreign, lambda data: data["encoder"].update(arch="vit_giant_patch14_dinov2"))
+    with pytest.raises(BundleError, match="encoder cannot be built here"):
+        load_bundle(foreign)
     copy = tmp_path / "copy"
     shutil.copytree(saved[0], copy)
     (copy / "weights.safetensors").unlink()

@@ -377,7 +377,7 @@ def import_checkpoint(
 # --------------------------------------------------------------------------- loading
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedBundle:
     """A bundle in memory, on its device, in eval mode with frozen parameters."""
 
@@ -479,6 +479,10 @@ def load_bundle(bundle_dir: str | Path, *, device: str | torch.device = "cpu") -
     target = _parse_device(device)
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
+    try:
+        arch_info(manifest.arch)
+    except ValueError as exc:
+        raise BundleError(f"the manifest's encoder cannot be built here: {exc}") from exc
     weights_path = _weights_path(bundle_dir, manifest)
     _check_checksum(weights_path, manifest)
     tensors = load_file(str(weights_path), device="cpu")

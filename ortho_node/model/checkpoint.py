@@ -163,7 +163,9 @@ def _is_tensor_dict(obj: Mapping[str, Any]) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+def unwrap_state_dict(
+    checkpoint: Mapping[str, Any],
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """Find the state dict inside a (possibly nested) training checkpoint.
 
     Parameters
@@ -277,7 +279,9 @@ def _split_qkv_bias(
     key: str, bias: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if bias.ndim != 1 or bias.shape[0] % 3:
-        raise CheckpointError(f"{key} must be a vector of 3 x embed_dim values, got {list(bias.shape)}")
+        raise CheckpointError(
+            f"{key} must be a vector of 3 x embed_dim values, got {list(bias.shape)}"
+        )
     if mask is not None:
         if mask.shape != bias.shape:
             raise CheckpointError(

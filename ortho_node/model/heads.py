@@ -489,8 +489,9 @@ def _mr(body_part: str, *planes: str) -> TaskScope:
 
 
 def _kl_spec(
-    name: str, title: str, concept: CodeTriple, probability: CodeTriple, description: str
+    name: str, *, title: str, concept: CodeTriple, probability_meaning: str, description: str
 ) -> HeadSpec:
+    probability = codes.probability_of(concept, meaning=probability_meaning)
     return HeadSpec(
         name=name,
         title=title,
@@ -541,12 +542,10 @@ def kl_grade() -> HeadSpec:
     """Kellgren-Lawrence grade 0-4 on a knee radiograph (paper task 1)."""
     return _kl_spec(
         "kl_grade",
-        "Kellgren-Lawrence grade",
-        codes.KL_GRADE,
-        codes.probability_of(
-            codes.KL_GRADE, meaning="Probability of the predicted Kellgren-Lawrence grade"
-        ),
-        "Radiographic knee OA severity, Kellgren-Lawrence grades 0-4, on an AP/PA radiograph.",
+        title="Kellgren-Lawrence grade",
+        concept=codes.KL_GRADE,
+        probability_meaning="Probability of the predicted Kellgren-Lawrence grade",
+        description="Radiographic knee OA severity, KL grades 0-4, on an AP/PA radiograph.",
     )
 
 
@@ -576,12 +575,10 @@ def kl_progression_4y() -> HeadSpec:
     """KL grade predicted at the 4-year follow-up (paper task 2)."""
     return _kl_spec(
         "kl_progression_4y",
-        "Predicted KL grade at 4-year follow-up",
-        codes.KL_GRADE_4Y,
-        codes.probability_of(
-            codes.KL_GRADE_4Y, meaning="Probability of the predicted KL grade at 4-year follow-up"
-        ),
-        "Prognosis: the Kellgren-Lawrence grade expected at the 4-year follow-up visit.",
+        title="Predicted KL grade at 4-year follow-up",
+        concept=codes.KL_GRADE_4Y,
+        probability_meaning="Probability of the predicted KL grade at 4-year follow-up",
+        description="Prognosis: the KL grade expected at the 4-year follow-up visit.",
     )
 
 
@@ -590,12 +587,10 @@ def kl_progression_8y() -> HeadSpec:
     """KL grade predicted at the 8-year follow-up (paper task 3)."""
     return _kl_spec(
         "kl_progression_8y",
-        "Predicted KL grade at 8-year follow-up",
-        codes.KL_GRADE_8Y,
-        codes.probability_of(
-            codes.KL_GRADE_8Y, meaning="Probability of the predicted KL grade at 8-year follow-up"
-        ),
-        "Prognosis: the Kellgren-Lawrence grade expected at the 8-year follow-up visit.",
+        title="Predicted KL grade at 8-year follow-up",
+        concept=codes.KL_GRADE_8Y,
+        probability_meaning="Probability of the predicted KL grade at 8-year follow-up",
+        description="Prognosis: the KL grade expected at the 8-year follow-up visit.",
     )
 
 
