@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,12 @@ def test_import_errors_are_one_readable_line(checkpoint: Path, tmp_path: Path) -
 
     info = runner.invoke(app, ["info", str(tmp_path)])
     assert info.exit_code == 1 and "no manifest.json" in info.output
+
+
+def test_specs_and_manifests_load_without_torch() -> None:
+    # `model info`, the main CLI and result builders read specs/manifests; torch stays unloaded.
+    code = (
+        "import sys; import ortho_node.cli, ortho_node.model.manifest, ortho_node.model.heads; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

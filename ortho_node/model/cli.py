@@ -111,7 +111,7 @@ def _params(count: int) -> str:
 @app.command("info")
 def info_command(bundle: Path = typer.Argument(..., help="Bundle folder.")) -> None:
     """Show a bundle's encoder, input, heads and provenance (reads the manifest only)."""
-    from ortho_node.model.bundle import BundleError, read_manifest
+    from ortho_node.model.manifest import BundleError, read_manifest
 
     try:
         manifest = read_manifest(bundle)
