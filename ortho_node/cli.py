@@ -188,6 +188,8 @@ def status(
     for state, count in snapshot.jobs_by_state.items():
         table.add_row(f"jobs {state}", str(count))
     console.print(table)
+    for state, count in snapshot.deliveries_by_state.items():
+        table.add_row(f"deliveries {state}", str(count))
     if snapshot.recent_failures:
         failures = Table(title="recent failures")
         for column in ("job", "study", "finished", "reason"):
@@ -195,6 +197,35 @@ def status(
         for line in snapshot.recent_failures:
             failures.add_row(str(line.job_id), line.study, line.finished_at or "", line.reason)
         console.print(failures)
+    if snapshot.dead_letters:
+        dead = Table(title="dead-lettered deliveries (ortho-node resend puts them back)")
+        for column in ("delivery", "job", "destination", "attempts", "last error"):
+            dead.add_column(column)
+        for item in snapshot.dead_letters:
+            dead.add_row(str(item.delivery_id), str(item.job_id), item.destination, str(item.attempts), item.last_error)
+        console.print(dead)
+
+
+@app.command()
+def resend(
+    job: Optional[int] = typer.Option(None, help="Only deliveries of this job."),
+    destination: Optional[str] = typer.Option(None, help="Only deliveries to this destination."),
+    include_sent: bool = typer.Option(False, "--all", help="Also re-send objects already delivered."),
+    var_dir: Optional[Path] = typer.Option(None),
+    database_url: Optional[str] = typer.Option(None, "--database"),
+) -> None:
+    """Put dead-lettered deliveries back in the queue (a running node sends them within seconds)."""
+    from ortho_node.db.engine import Database
+    from ortho_node.pipeline.delivery import resend as resend_deliveries
+
+    settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
+    if destination is not None and destination not in {d.name for d in settings.destinations}:
+        err_console.print(f"[red]unknown destination[/red] {destination!r}; configured: {[d.name for d in settings.destinations]}")
+        raise typer.Exit(2)
+    db = Database(settings.effective_database_url)
+    count = resend_deliveries(db, job_id=job, destination=destination, include_sent=include_sent)
+    db.dispose()
+    typer.echo(f"{count} deliveries queued again")
 
 
 @db_app.command("upgrade")

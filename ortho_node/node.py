@@ -28,7 +28,8 @@ from ortho_node.ingest.rules import load_rules
 from ortho_node.ingest.service import IngestService
 from ortho_node.pipeline.celery_app import NodeCelery
 from ortho_node.pipeline.jobs import requeue_stale
-from ortho_node.pipeline.outbox import JobPublisher, due_for_publishing
+from ortho_node.pipeline.delivery import due_batches, requeue_stale_sending
+from ortho_node.pipeline.outbox import OutboxPublisher, delivery_message, due_jobs, job_message
 from ortho_node.store import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Node:
         self.ingest = IngestService(self.store, Indexer(self.db))
         self.assembler = Assembler(self.db, settings, load_rules(settings.routing))
         self.app = NodeCelery(settings)
-        self.publisher = JobPublisher(self.db, self.app)
+        self.publisher = OutboxPublisher(self.app)
         self.scp = start_scp(settings.dimse, self.ingest)
         if self._start_worker:
             self.worker = EmbeddedWorker(self._worker_env)
@@ -150,7 +151,10 @@ class Node:
                 lease=dt.timedelta(seconds=worker_settings.job_lease_s),
                 max_attempts=worker_settings.max_attempts,
             )
-        self.publisher.publish(due_for_publishing(self.db, republish_after=_REPUBLISH_AFTER))
+            requeue_stale_sending(self.db)
+        messages = [job_message(self.db, job_id) for job_id in due_jobs(self.db, republish_after=_REPUBLISH_AFTER)]
+        messages += [delivery_message(self.db, batch) for batch in due_batches(self.db, republish_after=_REPUBLISH_AFTER)]
+        self.publisher.publish(messages)
 
     def _assembler_loop(self) -> None:
         while not self._stop.wait(self.settings.assembler_interval_s):

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from ortho_node.db.engine import Database
-from ortho_node.db.models import Instance, Job, JobState, Study, StudyState
+from ortho_node.db.models import Delivery, DeliveryState, Instance, Job, JobState, Study, StudyState
 from ortho_node.privacy import uid_ref
 
 
@@ -18,6 +18,15 @@ class FailureLine:
     study: str  # uid_ref, never the UID
     finished_at: str | None
     reason: str
+
+
+@dataclass(frozen=True)
+class DeadDelivery:
+    delivery_id: int
+    job_id: int
+    destination: str
+    attempts: int
+    last_error: str
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,8 @@ class NodeStatus:
     instances_total: int
     quarantined_duplicates: int
     recent_failures: list[FailureLine] = field(default_factory=list)
+    deliveries_by_state: dict[str, int] = field(default_factory=dict)
+    dead_letters: list[DeadDelivery] = field(default_factory=list)
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -58,6 +69,13 @@ def collect_status(db: Database, *, quarantine_dir: Path, failures: int = 10) ->
             .order_by(Job.finished_at.desc(), Job.id.desc())
             .limit(failures)
         ).all()
+        deliveries = dict(session.execute(select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)).all())
+        dead = session.execute(
+            select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.attempts, Delivery.last_error)
+            .where(Delivery.state == DeliveryState.DEAD.value)
+            .order_by(Delivery.id.desc())
+            .limit(50)
+        ).all()
     return NodeStatus(
         jobs_by_state={state.value: int(by_state.get(state.value, 0)) for state in JobState},
         queue_depth=int(by_state.get(JobState.QUEUED.value, 0)),
@@ -75,5 +93,9 @@ def collect_status(db: Database, *, quarantine_dir: Path, failures: int = 10) ->
                 reason=reason or "",
             )
             for job_id, study_uid, finished, reason in failed
+        ],
+        deliveries_by_state={state.value: int(deliveries.get(state.value, 0)) for state in DeliveryState},
+        dead_letters=[
+            DeadDelivery(delivery_id=i, job_id=j, destination=d, attempts=a, last_error=e or "") for i, j, d, a, e in dead
         ],
     )

@@ -57,3 +57,13 @@ def multiseries_study(tmp_path_factory: pytest.TempPathFactory):
     from tests.support.studies import write_multiseries_study
 
     return write_multiseries_study(tmp_path_factory.mktemp("multiseries"))
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path):
+    """A real Orthanc PACS (DIMSE + DICOMweb) on free loopback ports."""
+    from tests.support.orthanc import Orthanc
+
+    pacs = Orthanc(tmp_path / "orthanc").start()
+    yield pacs
+    pacs.stop()

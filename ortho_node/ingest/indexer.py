@@ -17,8 +17,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ortho_node.db.engine import Database
-from ortho_node.db.models import Instance, Series, Study, StudyState, utcnow
+from ortho_node.db.models import Instance, Series, StoredResult, Study, StudyState, utcnow
 from ortho_node.ingest.header import InstanceHeader
+
+
+# SOP classes of the objects the node itself produces (Comprehensive 3D SR, Secondary Capture, KOS).
+_RESULT_SOP_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.59"}
+)
+PRODUCED_HERE = "result object produced by this node"
 
 
 class IndexUnavailableError(Exception):
@@ -66,6 +73,9 @@ class Indexer:
         """
         try:
             with self._db.session() as session:
+                if header.sop_class_uid in _RESULT_SOP_CLASSES and self._produced_here(session, header):
+                    # A PACS that routes the whole study back must not make the node re-run on its own output.
+                    out_of_scope_reason = PRODUCED_HERE
                 study_id = self._study_id(session, header)
                 series_id = self._series_id(session, header, study_id, calling_ae)
                 inserted = session.execute(
@@ -102,6 +112,11 @@ class Indexer:
                 self._series_ids.pop(header.series_instance_uid, None)
             raise IndexUnavailableError(f"index database error: {type(exc).__name__}") from exc
         return IndexedInstance(study_id=study_id, series_id=series_id, new=new)
+
+    @staticmethod
+    def _produced_here(session: Session, header: InstanceHeader) -> bool:
+        found = session.scalar(select(StoredResult.id).where(StoredResult.sop_instance_uid == header.sop_instance_uid))
+        return found is not None
 
     def _study_id(self, session: Session, header: InstanceHeader) -> int:
         cached = self._study_ids.get(header.study_instance_uid)

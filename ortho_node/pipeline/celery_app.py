@@ -17,6 +17,7 @@ from ortho_node.db.engine import Database
 from ortho_node.pipeline import jobs
 from ortho_node.pipeline.context import WorkerContext
 from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
+from ortho_node.pipeline.delivery import DELIVER_TASK, run_deliveries
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
 from ortho_node.store import InstanceStore
 
@@ -111,3 +112,9 @@ def register_tasks(app: NodeCelery) -> None:
             return "failed"
         jobs.complete(context.db, job_id, summary)
         return "done"
+
+    @app.task(name=DELIVER_TASK, bind=True, acks_late=True)
+    def deliver(self, delivery_ids: list[int]) -> dict:  # type: ignore[no-untyped-def]
+        """Send a batch of result objects to one destination; outcomes are recorded per row."""
+        context = self.app.worker_context()
+        return run_deliveries(context.db, context.settings, delivery_ids)

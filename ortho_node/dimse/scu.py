@@ -1,0 +1,107 @@
+"""C-STORE SCU: send result objects to a PACS over one association per batch.
+
+Outcomes are per object: a PACS may accept the SR and refuse the SC. Errors are classified as
+*transient* (retry later: peer down, association rejected-transient, out of resources) or
+*permanent* (the PACS will never accept this object as it is).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from ortho_node.config import DimseDestination
+from ortho_node.privacy import uid_ref
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened to one object: ``ok``, or an error that is ``transient`` or not."""
+
+    path: Path
+    ok: bool
+    transient: bool = False
+    detail: str = ""
+
+
+class DestinationUnavailable(Exception):
+    """The whole batch could not be attempted (no association); always transient unless said so."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _client_tls_context(destination: DimseDestination) -> ssl.SSLContext | None:
+    if destination.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(destination.tls.ca) if destination.tls.ca else None)
+    context.load_cert_chain(certfile=str(destination.tls.cert), keyfile=str(destination.tls.key))
+    context.check_hostname = False  # PACS are addressed by IP in most hospitals; the CA pins trust
+    return context
+
+
+def _status_outcome(path: Path, status: int) -> SendOutcome:
+    if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
+        return SendOutcome(path, ok=True, detail=f"0x{status:04X}")
+    transient = 0xA700 <= status <= 0xA7FF  # out of resources: the PACS may recover
+    return SendOutcome(path, ok=False, transient=transient, detail=f"C-STORE failed with status 0x{status:04X}")
+
+
+def send_files(destination: DimseDestination, paths: Sequence[Path], *, calling_ae_title: str, timeout_s: float = 60) -> list[SendOutcome]:
+    """C-STORE each file to ``destination`` over one association.
+
+    Raises
+    ------
+    DestinationUnavailable
+        No association could be established (refused connection, timeout, rejection).
+    """
+    datasets = [pydicom.dcmread(path) for path in paths]
+    ae = AE(ae_title=destination.calling_ae_title or calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=(_client_tls_context(destination), None) if destination.tls else None,
+    )
+    if assoc.is_rejected:
+        primitive = assoc.acceptor.primitive
+        transient = primitive is None or primitive.result == 0x02
+        raise DestinationUnavailable(f"association rejected by {destination.name}", transient=transient)
+    if not assoc.is_established:
+        raise DestinationUnavailable(f"cannot associate with {destination.name} at {destination.host}:{destination.port}")
+    outcomes: list[SendOutcome] = []
+    try:
+        for path, ds in zip(paths, datasets):
+            try:
+                response = assoc.send_c_store(ds)
+            except ValueError as exc:  # no accepted presentation context for this SOP class
+                outcomes.append(SendOutcome(path, ok=False, transient=False, detail=f"not accepted by the PACS: {exc}"))
+                continue
+            if not response or "Status" not in response:
+                outcomes.append(SendOutcome(path, ok=False, transient=True, detail="no C-STORE response (timeout or abort)"))
+                if not assoc.is_established:
+                    break
+                continue
+            outcome = _status_outcome(path, int(response.Status))
+            if not outcome.ok:
+                log.warning("C-STORE of %s to %s: %s", uid_ref(str(ds.SOPInstanceUID)), destination.name, outcome.detail)
+            outcomes.append(outcome)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    missing = paths[len(outcomes) :]
+    outcomes.extend(SendOutcome(p, ok=False, transient=True, detail="association lost before sending") for p in missing)
+    return outcomes

@@ -1,0 +1,187 @@
+"""Delivery of result objects to the configured destinations, with retries and a dead letter.
+
+One ``deliveries`` row per (result object, destination). The same outbox pattern as jobs: rows
+commit first; the serving node publishes due rows (``next_attempt_at`` passed) as ``ortho.deliver``
+messages, one per (job, destination) batch; a worker claims them (pending → sending), sends the
+batch over one association or request, and records each object's outcome:
+
+- sent;
+- a transient failure: back to pending with exponential backoff (``delivery.backoff_*``);
+- a permanent failure, or ``delivery.max_attempts`` reached: ``dead`` (shown by ``status``;
+  ``ortho-node resend`` puts dead rows back to pending).
+
+Result UIDs are deterministic, so a re-send delivers the same objects again and the PACS keeps
+one copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+
+from ortho_node.config import DimseDestination, Settings, StowDestination
+from ortho_node.db.engine import Database
+from ortho_node.db.models import Delivery, DeliveryState, StoredResult, utcnow
+from ortho_node.dimse.scu import DestinationUnavailable, SendOutcome, send_files
+from ortho_node.pipeline.stow import store_files
+
+log = logging.getLogger(__name__)
+
+DELIVER_TASK = "ortho.deliver"
+Transport = Callable[[DimseDestination | StowDestination, Sequence[Path], Settings], list[SendOutcome]]
+
+TRANSPORTS: dict[str, Transport] = {
+    "dimse": lambda dest, paths, settings: send_files(dest, paths, calling_ae_title=settings.dimse.ae_title),
+    "stow": lambda dest, paths, settings: store_files(dest, paths),
+}
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    delivery_id: int
+    destination: str
+    path: Path
+    attempts: int
+
+
+def backoff(settings: Settings, attempts: int) -> dt.timedelta:
+    seconds = settings.delivery.backoff_initial_s * (2 ** max(0, attempts - 1))
+    return dt.timedelta(seconds=min(seconds, settings.delivery.backoff_max_s))
+
+
+def due_batches(db: Database, *, republish_after: dt.timedelta, now: dt.datetime | None = None) -> list[list[int]]:
+    """Pending deliveries due now, batched per (job, destination)."""
+    now = now or utcnow()
+    with db.session() as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.job_id, Delivery.destination)
+            .where(
+                Delivery.state == DeliveryState.PENDING.value,
+                Delivery.next_attempt_at <= now,
+                or_(Delivery.published_at.is_(None), Delivery.published_at < now - republish_after),
+            )
+            .order_by(Delivery.id)
+            .limit(1000)
+        ).all()
+    batches: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for delivery_id, job_id, destination in rows:
+        batches[(job_id, destination)].append(delivery_id)
+    return list(batches.values())
+
+
+def mark_published(db: Database, delivery_ids: Sequence[int]) -> None:
+    with db.session() as session:
+        session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids)).values(published_at=utcnow()))
+
+
+def claim(db: Database, delivery_ids: Sequence[int], *, lease: dt.timedelta, results_dir: Path) -> list[ClaimedDelivery]:
+    """Move due pending rows to sending; rows already taken, sent or not yet due are skipped."""
+    now = utcnow()
+    claimed = []
+    with db.session() as session:
+        for delivery_id in delivery_ids:
+            moved = session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id == delivery_id,
+                    Delivery.state == DeliveryState.PENDING.value,
+                    Delivery.next_attempt_at <= now,  # a stale message must not cut a backoff short
+                )
+                .values(state=DeliveryState.SENDING.value, attempts=Delivery.attempts + 1, next_attempt_at=now + lease)
+            )
+            if moved.rowcount != 1:
+                continue
+            delivery, result = session.execute(
+                select(Delivery, StoredResult).join(StoredResult, Delivery.result_id == StoredResult.id).where(Delivery.id == delivery_id)
+            ).one()
+            claimed.append(ClaimedDelivery(delivery.id, delivery.destination, results_dir / result.path, delivery.attempts))
+    return claimed
+
+
+def _destination(settings: Settings, name: str) -> DimseDestination | StowDestination | None:
+    return next((d for d in settings.destinations if d.name == name), None)
+
+
+def run_deliveries(db: Database, settings: Settings, delivery_ids: Sequence[int]) -> dict[str, int]:
+    """Claim, send and record a batch; returns counts of sent / retry / dead."""
+    claimed = claim(db, delivery_ids, lease=dt.timedelta(seconds=settings.worker.job_lease_s), results_dir=settings.results_dir)
+    counts = {"sent": 0, "retry": 0, "dead": 0}
+    by_destination: dict[str, list[ClaimedDelivery]] = defaultdict(list)
+    for item in claimed:
+        by_destination[item.destination].append(item)
+    for name, items in by_destination.items():
+        destination = _destination(settings, name)
+        if destination is None:
+            outcomes = [SendOutcome(i.path, ok=False, detail=f"destination {name!r} is no longer configured") for i in items]
+        else:
+            try:
+                outcomes = TRANSPORTS[destination.kind](destination, [i.path for i in items], settings)
+            except DestinationUnavailable as exc:
+                outcomes = [SendOutcome(i.path, ok=False, transient=exc.transient, detail=str(exc)) for i in items]
+            except (OSError, ValueError) as exc:  # a result file that cannot be read or encoded
+                outcomes = [SendOutcome(i.path, ok=False, detail=f"{type(exc).__name__}: {exc}") for i in items]
+        for item, outcome in zip(items, outcomes):
+            counts[_record(db, settings, item, outcome)] += 1
+    if claimed:
+        log.info("delivery batch: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    return counts
+
+
+def _record(db: Database, settings: Settings, item: ClaimedDelivery, outcome: SendOutcome) -> str:
+    now = utcnow()
+    if outcome.ok:
+        values = dict(state=DeliveryState.SENT.value, sent_at=now, last_error=None)
+        verdict = "sent"
+    elif outcome.transient and item.attempts < settings.delivery.max_attempts:
+        values = dict(
+            state=DeliveryState.PENDING.value,
+            next_attempt_at=now + backoff(settings, item.attempts),
+            published_at=None,
+            last_error=outcome.detail[:2000],
+        )
+        verdict = "retry"
+    else:
+        why = outcome.detail if not outcome.transient else f"gave up after {item.attempts} attempts: {outcome.detail}"
+        values = dict(state=DeliveryState.DEAD.value, last_error=why[:2000])
+        verdict = "dead"
+        log.error("delivery %d to %s dead-lettered: %s", item.delivery_id, item.destination, why)
+    with db.session() as session:
+        session.execute(
+            update(Delivery).where(Delivery.id == item.delivery_id, Delivery.state == DeliveryState.SENDING.value).values(**values)
+        )
+    return verdict
+
+
+def requeue_stale_sending(db: Database, *, now: dt.datetime | None = None) -> int:
+    """Rows left in ``sending`` past their lease (worker died mid-send) go back to pending."""
+    now = now or utcnow()
+    with db.session() as session:
+        moved = session.execute(
+            update(Delivery)
+            .where(Delivery.state == DeliveryState.SENDING.value, Delivery.next_attempt_at < now)
+            .values(state=DeliveryState.PENDING.value, published_at=None, next_attempt_at=now)
+        )
+        return moved.rowcount or 0
+
+
+def resend(
+    db: Database, *, job_id: int | None = None, destination: str | None = None, include_sent: bool = False
+) -> int:
+    """Put dead (and with ``include_sent`` also sent) deliveries back to pending, due now."""
+    states = [DeliveryState.DEAD.value] + ([DeliveryState.SENT.value] if include_sent else [])
+    query = update(Delivery).where(Delivery.state.in_(states))
+    if job_id is not None:
+        query = query.where(Delivery.job_id == job_id)
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
+    with db.session() as session:
+        moved = session.execute(
+            query.values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=utcnow(), published_at=None, last_error=None)
+        )
+        return moved.rowcount or 0
