@@ -59,12 +59,12 @@ def make_data(root: Path) -> list[Dataset]:
                 ds.save_as(mr_dir / f"I{number:04d}.dcm", enforce_file_format=True)
             shutil.rmtree(root / f"mrblock{block}")
     if not dx_dir.exists():
-        specs = [XrayPhantomSpec(kl_grade=i % 5, side="L" if i % 2 else "R", rows=2500, columns=2000) for i in range(20)]
-        study = write_knee_study(root / "dxstudy", seed=7, xrays=specs)
         dx_dir.mkdir(parents=True)
-        for index, item in enumerate(study.files):
-            shutil.copy(item.path, dx_dir / f"X{index:03d}.dcm")
-        shutil.rmtree(root / "dxstudy")
+        for index in range(20):  # one study per patient: a knee has one KL grade
+            spec = XrayPhantomSpec(kl_grade=index % 5, side="L" if index % 2 else "R", rows=2500, columns=2000)
+            study = write_knee_study(root / "dxstudy", seed=7 + index, xrays=[spec], patient_index=index)
+            shutil.copy(study.files[0].path, dx_dir / f"X{index:03d}.dcm")
+            shutil.rmtree(root / "dxstudy")
     return [
         Dataset("MR 400 x 256x256", tuple(sorted(mr_dir.iterdir()))),
         Dataset("DX 20 x 2000x2500", tuple(sorted(dx_dir.iterdir()))),

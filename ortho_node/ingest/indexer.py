@@ -11,10 +11,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Instance, Series, StoredResult, Study, StudyState, utcnow
@@ -51,6 +51,17 @@ class Indexer:
         self._study_ids: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
         self._cache_lock = threading.Lock()
+        # Built once: constructing statements per instance cost more than the commit itself.
+        self._insert_instance = (
+            self._insert(Instance)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(Instance.id)  # rowcount is not reliable for ON CONFLICT on every driver
+        )
+        self._touch_study = (
+            update(Study)
+            .where(Study.id == bindparam("study"))
+            .values(state=StudyState.RECEIVING.value, last_received_at=bindparam("now"))
+        )
 
     def record_instance(
         self,
@@ -72,15 +83,16 @@ class Indexer:
             The database refused or is unreachable; nothing was committed.
         """
         try:
-            with self._db.session() as session:
-                if header.sop_class_uid in _RESULT_SOP_CLASSES and self._produced_here(session, header):
+            with self._db.connection() as conn:
+                if header.sop_class_uid in _RESULT_SOP_CLASSES and self._produced_here(conn, header):
                     # A PACS that routes the whole study back must not make the node re-run on its own output.
                     out_of_scope_reason = PRODUCED_HERE
-                study_id = self._study_id(session, header)
-                series_id = self._series_id(session, header, study_id, calling_ae)
-                inserted = session.execute(
-                    self._insert(Instance)
-                    .values(
+                study_id = self._study_id(conn, header)
+                series_id = self._series_id(conn, header, study_id, calling_ae)
+                now = utcnow()
+                inserted = conn.execute(
+                    self._insert_instance,
+                    dict(
                         study_id=study_id,
                         series_id=series_id,
                         sop_instance_uid=header.sop_instance_uid,
@@ -93,18 +105,12 @@ class Indexer:
                         calling_ae=calling_ae,
                         source=source,
                         out_of_scope_reason=out_of_scope_reason,
-                        received_at=utcnow(),
-                    )
-                    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-                    .returning(Instance.id)  # rowcount is not reliable for ON CONFLICT on every driver
+                        received_at=now,
+                    ),
                 )
                 new = inserted.scalar_one_or_none() is not None
                 if new:
-                    session.execute(
-                        update(Study)
-                        .where(Study.id == study_id)
-                        .values(state=StudyState.RECEIVING.value, last_received_at=utcnow())
-                    )
+                    conn.execute(self._touch_study, dict(study=study_id, now=now))
         except SQLAlchemyError as exc:
             # A rolled-back transaction may have cached ids of rows that never committed.
             with self._cache_lock:
@@ -114,15 +120,15 @@ class Indexer:
         return IndexedInstance(study_id=study_id, series_id=series_id, new=new)
 
     @staticmethod
-    def _produced_here(session: Session, header: InstanceHeader) -> bool:
-        found = session.scalar(select(StoredResult.id).where(StoredResult.sop_instance_uid == header.sop_instance_uid))
+    def _produced_here(conn: Connection, header: InstanceHeader) -> bool:
+        found = conn.scalar(select(StoredResult.id).where(StoredResult.sop_instance_uid == header.sop_instance_uid))
         return found is not None
 
-    def _study_id(self, session: Session, header: InstanceHeader) -> int:
+    def _study_id(self, conn: Connection, header: InstanceHeader) -> int:
         cached = self._study_ids.get(header.study_instance_uid)
         if cached is not None:
             return cached
-        session.execute(
+        conn.execute(
             self._insert(Study)
             .values(
                 study_instance_uid=header.study_instance_uid,
@@ -133,16 +139,16 @@ class Indexer:
             )
             .on_conflict_do_nothing(index_elements=["study_instance_uid"])
         )
-        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == header.study_instance_uid))
+        study_id = conn.scalar(select(Study.id).where(Study.study_instance_uid == header.study_instance_uid))
         with self._cache_lock:
             self._study_ids[header.study_instance_uid] = study_id
         return study_id
 
-    def _series_id(self, session: Session, header: InstanceHeader, study_id: int, calling_ae: str | None) -> int:
+    def _series_id(self, conn: Connection, header: InstanceHeader, study_id: int, calling_ae: str | None) -> int:
         cached = self._series_ids.get(header.series_instance_uid)
         if cached is not None:
             return cached
-        session.execute(
+        conn.execute(
             self._insert(Series)
             .values(
                 study_id=study_id,
@@ -155,7 +161,7 @@ class Indexer:
             )
             .on_conflict_do_nothing(index_elements=["series_instance_uid"])
         )
-        series_id = session.scalar(
+        series_id = conn.scalar(
             select(Series.id).where(Series.series_instance_uid == header.series_instance_uid)
         )
         with self._cache_lock:

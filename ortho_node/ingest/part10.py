@@ -4,13 +4,16 @@ The File Meta Information is a pure function of (SOP Class, SOP Instance, Transf
 the same data set received twice gives byte-identical files: that is what makes duplicate
 detection in the store a plain byte comparison. The calling AE title is kept in the index,
 not in the file.
+
+The group is encoded here directly (Explicit VR Little Endian, PS3.10 7.1): building a pydicom
+FileMetaDataset per instance cost more than everything else on the C-STORE path but the fsync.
+``tests/test_ingest_part10.py`` checks the bytes against pydicom's own writer.
 """
 
 from __future__ import annotations
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
+import struct
+
 from pydicom.uid import UID
 
 from ortho_node import __version__
@@ -21,16 +24,33 @@ IMPLEMENTATION_VERSION_NAME = f"ORTHO_NODE_{__version__}"[:16]
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
+def _padded(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def _short(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def _long(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2s2xI", group, element, vr, len(value)) + value
+
+
+_VERSION = _long(0x0002, 0x0001, b"OB", b"\x00\x01")
+_IMPLEMENTATION = _short(0x0002, 0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")) + _short(
+    0x0002, 0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")
+)
+
+
 def part10_header(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
     """Preamble + ``DICM`` + the encoded File Meta group for one instance."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return PREAMBLE + buffer.getvalue()
+    body = (
+        _VERSION
+        + _short(0x0002, 0x0002, b"UI", _padded(str(sop_class_uid), b"\x00"))
+        + _short(0x0002, 0x0003, b"UI", _padded(str(sop_instance_uid), b"\x00"))
+        + _short(0x0002, 0x0010, b"UI", _padded(str(transfer_syntax_uid), b"\x00"))
+        + _IMPLEMENTATION
+    )
+    group_length = _short(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
+    return PREAMBLE + group_length + body
