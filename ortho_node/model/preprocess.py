@@ -62,6 +62,7 @@ from pydicom.errors import InvalidDicomError
 from ortho_node.model.findings import Heatmap, ImageRef, Laterality
 from ortho_node.model.pixels import (
     DEFAULT_WINDOW_PERCENTILES,
+    DisplayFrame,
     RawFrame,
     check_percentiles,
     UnsupportedImageError,
@@ -704,6 +705,7 @@ def preprocess_frame(
     *,
     config: PreprocessConfig,
     window: Window | None = None,
+    display: DisplayFrame | None = None,
 ) -> PreprocessedImage:
     """Turn one decoded frame into model input (steps 1-5 of the module docstring).
 
@@ -718,11 +720,18 @@ def preprocess_frame(
     window : Window or None, optional
         VOI window to use when the header has none (a series-wide window), instead of the
         frame's own percentile window.
+    display : DisplayFrame or None, optional
+        ``to_display(raw, ds, ...)`` already computed by the caller (e.g. for a content check),
+        so the VOI is not applied twice; it must come from ``raw`` with ``config``'s
+        percentiles and ``window``.
     """
     if not isinstance(config, PreprocessConfig):
         raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
     frame_index = raw.frame_index
-    display = to_display(raw, ds, window=window, percentiles=config.window_percentiles)
+    if display is None:
+        display = to_display(raw, ds, window=window, percentiles=config.window_percentiles)
+    elif not isinstance(display, DisplayFrame) or display.frame_index != frame_index:
+        raise ValueError(f"display must be the DisplayFrame of frame {frame_index} of raw")
     evidence = _side_of(ds, frame_index, config)
     mirror: MirrorAxis | None = None
     if (

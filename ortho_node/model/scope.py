@@ -66,6 +66,7 @@ __all__ = [
     "identify_view",
     "check_image_content",
     "assess_instance",
+    "rule_mismatch",
     "study_out_of_scope_reason",
 ]
 
@@ -511,6 +512,25 @@ def _rule_failure(
         side = "unknown" if laterality is None else "bilateral"
         return f"{rule.describe()} needs a left or right image, laterality is {side}"
     return None
+
+
+def rule_mismatch(rule: ScopeRule, decision: ScopeDecision) -> str | None:
+    """Why ``rule`` does not cover an image :func:`assess_instance` has already judged, or None.
+
+    Lets a caller that assessed an image once against all its rules ask, without reading the
+    header again, which of the rules (e.g. which head) the image is for. An image rejected
+    before its body part was read (header problem, uncovered modality) fits no rule.
+    """
+    if not isinstance(rule, ScopeRule):
+        raise TypeError(f"rule must be a ScopeRule, got {type(rule).__name__}")
+    if not isinstance(decision, ScopeDecision):
+        raise TypeError(f"decision must be a ScopeDecision, got {type(decision).__name__}")
+    if decision.modality is None or decision.body_part is None:
+        return f"{rule.describe()}: {decision.reason}"
+    return _rule_failure(
+        rule, decision.modality, decision.body_part, decision.view, "view not stated",
+        decision.laterality,
+    )
 
 
 def study_out_of_scope_reason(decisions: Sequence[ScopeDecision]) -> str | None:
