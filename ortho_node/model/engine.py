@@ -1,0 +1,545 @@
+"""The resident inference engine: one bundle on one device, micro-batching across jobs.
+
+A worker process loads its bundle once and keeps it for its whole life. Jobs run in the
+threads of one process (Celery's thread pool); each job hands its images to
+:meth:`InferenceEngine.submit` and gets a :class:`~concurrent.futures.Future`. One background
+thread merges the requests of all callers into batches of up to ``max_batch`` images, waiting
+at most ``max_wait_ms`` after the oldest waiting request, and runs the encoder under
+``torch.inference_mode()`` (and bf16 autocast when the precision says so). A request larger
+than ``max_batch`` (an MR series) is spread over consecutive batches.
+
+Each request's future receives an :class:`~ortho_node.model.encoder.EncoderOutput` with its
+own images only: CLS and patch tokens as float32 on the engine's device, as ordinary tensors
+(not inference tensors), so task heads and gradient explanations run on them per job.
+
+Failures stay with their request:
+
+- input that cannot be encoded (wrong type, shape, size, dtype; NaN or infinite values) is
+  refused before batching: the returned future carries the error, no other request sees it;
+- if a batched forward pass raises (out of memory, a kernel error), each request of that
+  batch is run again alone, so only the culprit fails;
+- non-finite encoder output fails only the request whose images produced it.
+
+Precision (:class:`Precision`): ``fp32``; ``bf16`` (autocast, the encoder's weights stay
+float32); or ``auto``, which picks bf16 only where the hardware computes it natively: CUDA
+devices with bf16 support and CPUs with AMX or AVX512-BF16. Measured on a 2-core AVX2 CPU
+without them (``bench/infer``), bf16 matrix products run 7 to 100 times slower than fp32, so
+``auto`` means fp32 there.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ortho_node.model.bundle import LoadedBundle
+from ortho_node.model.encoder import EncoderOutput
+
+__all__ = [
+    "EncodingError",
+    "EngineClosedError",
+    "EngineStats",
+    "InferenceEngine",
+    "Precision",
+    "native_bf16",
+    "resolve_precision",
+]
+
+log = logging.getLogger(__name__)
+
+_MAX_REQUEST_IMAGES = 4096
+"""Largest request accepted (a 4096-slice stack is far beyond any real series)."""
+_RECENT_BATCHES = 1024
+
+
+class Precision(str, enum.Enum):
+    """Arithmetic of the encoder forward pass."""
+
+    AUTO = "auto"
+    """bf16 where the device computes it natively (see the module docstring), else fp32."""
+    FP32 = "fp32"
+    """float32 throughout."""
+    BF16 = "bf16"
+    """bf16 autocast (matrix products and convolutions in bf16, norms and softmax in fp32)."""
+
+
+class EngineClosedError(RuntimeError):
+    """The engine was closed; it takes no new requests."""
+
+
+class EncodingError(RuntimeError):
+    """The encoder could not encode a request's images; the message says why."""
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matrix products natively (fast).
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AMX tiles or AVX512-BF16 (torch's own
+    CPU feature probes). Anything else: False.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: Precision | str, device: torch.device) -> Precision:
+    """Turn ``auto`` into ``bf16`` or ``fp32`` for ``device``; other values pass through.
+
+    Raises
+    ------
+    ValueError
+        For an unknown precision name.
+    """
+    chosen = Precision(precision)
+    if chosen is not Precision.AUTO:
+        return chosen
+    return Precision.BF16 if native_bf16(device) else Precision.FP32
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Counters of an engine since it started (see :meth:`InferenceEngine.stats`).
+
+    Attributes
+    ----------
+    requests, images : int
+        Requests accepted and their images.
+    batches : int
+        Forward passes that succeeded (isolation re-runs included).
+    failed_requests : int
+        Requests whose future got an error (refused input included).
+    isolation_reruns : int
+        Batches that failed as a whole and were re-run request by request.
+    largest_batch : int
+        Most images in one forward pass.
+    recent_batch_sizes : tuple of int
+        Images per forward pass, for the last 1024 passes, oldest first.
+    recent_batch_requests : tuple of int
+        Requests that shared each of those passes.
+    """
+
+    requests: int
+    images: int
+    batches: int
+    failed_requests: int
+    isolation_reruns: int
+    largest_batch: int
+    recent_batch_sizes: tuple[int, ...]
+    recent_batch_requests: tuple[int, ...]
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean images per recent forward pass (0 before the first)."""
+        sizes = self.recent_batch_sizes
+        return sum(sizes) / len(sizes) if sizes else 0.0
+
+
+@dataclass(eq=False)
+class _Request:
+    images: torch.Tensor
+    future: Future[EncoderOutput]
+    arrived: float
+    cursor: int = 0
+    cls_parts: list[torch.Tensor] = field(default_factory=list)
+    patch_parts: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def remaining(self) -> int:
+        return self.count - self.cursor
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Images ``start:stop`` of one request, as part of one forward pass."""
+
+    request: _Request
+    start: int
+    stop: int
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.request.images[self.start : self.stop]
+
+
+def _check_number(name: str, value: object, *, low: float, integer: bool) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        expected = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    if not value >= low:
+        raise ValueError(f"{name} must be >= {low:g}, got {value}")
+
+
+class InferenceEngine:
+    """A bundle's encoder behind a thread-safe, batching ``submit`` (see the module docstring).
+
+    Parameters
+    ----------
+    bundle : LoadedBundle
+        The loaded bundle; the engine runs on ``bundle.device``.
+    max_batch : int, optional
+        Most images in one forward pass (default 32).
+    max_wait_ms : float, optional
+        Longest wait, after the oldest waiting request arrived, for more requests to fill a
+        batch (default 20 ms). 0 runs whatever is waiting at once.
+    precision : Precision or str, optional
+        ``"auto"`` (default), ``"fp32"`` or ``"bf16"``.
+    compile : bool, optional
+        Run the encoder through ``torch.compile`` (dynamic batch size). The first batches
+        pay the compilation (about a minute on a CPU); call :meth:`warmup` to pay it at
+        start.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad arguments.
+    """
+
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 20.0,
+        precision: Precision | str = Precision.AUTO,
+        compile: bool = False,
+    ) -> None:
+        if not isinstance(bundle, LoadedBundle):
+            raise TypeError(f"bundle must be a LoadedBundle, got {type(bundle).__name__}")
+        _check_number("max_batch", max_batch, low=1, integer=True)
+        _check_number("max_wait_ms", max_wait_ms, low=0, integer=False)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+        self._bundle = bundle
+        self._max_batch = max_batch
+        self._max_wait_s = float(max_wait_ms) / 1000.0
+        self._precision = resolve_precision(precision, bundle.device)
+        encoder = bundle.encoder
+        self._model: Callable[[torch.Tensor], EncoderOutput] = (
+            torch.compile(encoder, dynamic=True) if compile else encoder
+        )
+        self._input_shape = (encoder.in_chans, *bundle.manifest.input_size)
+        self._condition = threading.Condition()
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._pending_images = 0
+        self._closing = False
+        self._counts = collections.Counter[str]()
+        self._largest_batch = 0
+        self._recent_sizes: collections.deque[int] = collections.deque(maxlen=_RECENT_BATCHES)
+        self._recent_requests: collections.deque[int] = collections.deque(maxlen=_RECENT_BATCHES)
+        self._thread = threading.Thread(
+            target=self._serve, name=f"ortho-inference-{bundle.manifest.name}", daemon=True
+        )
+        self._thread.start()
+        log.info(
+            "inference engine: %s %s on %s, %s, max batch %d, max wait %.1f ms%s",
+            bundle.manifest.name,
+            bundle.manifest.version,
+            bundle.device,
+            self._precision.value,
+            max_batch,
+            max_wait_ms,
+            ", compiled" if compile else "",
+        )
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def bundle(self) -> LoadedBundle:
+        """The bundle the engine runs."""
+        return self._bundle
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder runs and where outputs live."""
+        return self._bundle.device
+
+    @property
+    def precision(self) -> Precision:
+        """The resolved precision (never ``auto``)."""
+        return self._precision
+
+    @property
+    def max_batch(self) -> int:
+        """Most images in one forward pass."""
+        return self._max_batch
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` every image must have."""
+        return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closing
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(self, images: torch.Tensor | Sequence[torch.Tensor]) -> Future[EncoderOutput]:
+        """Queue images for encoding.
+
+        Parameters
+        ----------
+        images : torch.Tensor or sequence of torch.Tensor
+            ``[n, C, H, W]`` or ``[C, H, W]``, or a sequence of ``[C, H, W]`` tensors:
+            normalised float images of the bundle's input size (:attr:`input_shape`).
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Resolves to an :class:`EncoderOutput` with ``n`` rows, in input order. Input that
+            cannot be encoded resolves to ``TypeError`` / ``ValueError`` (never raised
+            here, so a caller handles every per-image failure in one place); an encoder
+            failure to :class:`EncodingError`.
+
+        Raises
+        ------
+        EngineClosedError
+            If the engine was closed.
+        """
+        future: Future[EncoderOutput] = Future()
+        try:
+            batch = self._validated(images)
+        except (TypeError, ValueError) as exc:
+            with self._condition:
+                if self._closing:
+                    raise EngineClosedError("the inference engine is closed") from None
+                self._counts["requests"] += 1
+                self._counts["failed_requests"] += 1
+            future.set_exception(exc)
+            return future
+        request = _Request(images=batch, future=future, arrived=time.monotonic())
+        with self._condition:
+            if self._closing:
+                raise EngineClosedError("the inference engine is closed")
+            self._pending.append(request)
+            self._pending_images += request.count
+            self._counts["requests"] += 1
+            self._counts["images"] += request.count
+            self._condition.notify_all()
+        return future
+
+    def encode(
+        self, images: torch.Tensor | Sequence[torch.Tensor], *, timeout: float | None = None
+    ) -> EncoderOutput:
+        """:meth:`submit` and wait for the result (raises what the future carries)."""
+        return self.submit(images).result(timeout=timeout)
+
+    def warmup(self) -> None:
+        """Run one full batch of blank images (pays ``torch.compile`` or CUDA set-up now)."""
+        blank = torch.zeros((self._max_batch, *self._input_shape), dtype=torch.float32)
+        self.encode(blank)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the engine's counters."""
+        with self._condition:
+            return EngineStats(
+                requests=self._counts["requests"],
+                images=self._counts["images"],
+                batches=self._counts["batches"],
+                failed_requests=self._counts["failed_requests"],
+                isolation_reruns=self._counts["isolation_reruns"],
+                largest_batch=self._largest_batch,
+                recent_batch_sizes=tuple(self._recent_sizes),
+                recent_batch_requests=tuple(self._recent_requests),
+            )
+
+    def close(self, *, timeout: float | None = 60.0) -> None:
+        """Stop taking requests, finish the ones already queued, stop the thread.
+
+        Parameters
+        ----------
+        timeout : float or None, optional
+            Seconds to wait for the queued work (default 60); None waits for ever.
+        """
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("inference engine still busy %s s after close", timeout)
+
+    def __enter__(self) -> "InferenceEngine":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ validation
+
+    def _validated(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            batch = images.unsqueeze(0) if images.ndim == 3 else images
+        elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+            if not images or not all(isinstance(item, torch.Tensor) for item in images):
+                raise TypeError("images must be a non-empty sequence of torch.Tensor")
+            shapes = {tuple(item.shape) for item in images}
+            if len(shapes) != 1:
+                raise ValueError(f"images in one request must share a shape, got {sorted(shapes)}")
+            batch = torch.stack(list(images))
+        else:
+            raise TypeError(
+                f"images must be a torch.Tensor or a sequence of them, got {type(images).__name__}"
+            )
+        expected = f"[n, {', '.join(str(v) for v in self._input_shape)}]"
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != self._input_shape:
+            raise ValueError(f"images must have shape {expected}, got {tuple(batch.shape)}")
+        if not 1 <= batch.shape[0] <= _MAX_REQUEST_IMAGES:
+            raise ValueError(
+                f"a request must hold 1-{_MAX_REQUEST_IMAGES} images, got {batch.shape[0]}"
+            )
+        if not batch.is_floating_point():
+            raise TypeError(f"images must be floating point, got {batch.dtype}")
+        if not bool(torch.isfinite(batch).all()):
+            raise ValueError("images contain NaN or infinite values")
+        batch = batch.detach().to(dtype=torch.float32).contiguous()
+        if self.device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()  # lets the copy to the GPU overlap
+        return batch
+
+    # ------------------------------------------------------------------ the batching thread
+
+    def _serve(self) -> None:
+        while True:
+            segments = self._next_batch()
+            if segments is None:
+                return
+            self._run(segments)
+
+    def _next_batch(self) -> list[_Segment] | None:
+        with self._condition:
+            while not self._pending and not self._closing:
+                self._condition.wait()
+            if not self._pending:
+                return None
+            deadline = self._pending[0].arrived + self._max_wait_s
+            while self._pending_images < self._max_batch and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._condition.wait(left)
+            segments: list[_Segment] = []
+            room = self._max_batch
+            while self._pending and room:
+                request = self._pending[0]
+                if request.cursor == 0 and not request.future.set_running_or_notify_cancel():
+                    self._drop(request)  # cancelled by its caller before it ran
+                    continue
+                take = min(room, request.remaining)
+                segments.append(_Segment(request, request.cursor, request.cursor + take))
+                request.cursor += take
+                room -= take
+                self._pending_images -= take
+                if request.remaining == 0:
+                    self._pending.popleft()
+            return segments
+
+    def _drop(self, request: _Request) -> None:
+        self._pending.popleft()
+        self._pending_images -= request.remaining
+
+    def _run(self, segments: list[_Segment]) -> None:
+        live = [s for s in segments if not s.request.future.done()]
+        if not live:
+            return
+        images = live[0].images if len(live) == 1 else torch.cat([s.images for s in live])
+        try:
+            output = self._forward(images)
+        except Exception as exc:  # noqa: BLE001 - the batching thread's boundary: never dies
+            if len(live) > 1:
+                log.warning("batch of %d requests failed (%s); re-running them one by one",
+                            len(live), type(exc).__name__)
+                self._count("isolation_reruns")
+                for segment in live:
+                    self._run([segment])
+                return
+            self._fail(live[0].request, EncodingError(f"the encoder failed: {exc}"), cause=exc)
+            return
+        self._record_batch(images.shape[0], len(live))
+        offset = 0
+        for segment in live:
+            count = segment.stop - segment.start
+            self._deliver(segment, output.cls[offset : offset + count],
+                          output.patches[offset : offset + count], output.grid)
+            offset += count
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._precision is Precision.BF16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _forward(self, images: torch.Tensor) -> EncoderOutput:
+        with torch.inference_mode(), self._autocast():
+            output = self._model(images.to(self.device, non_blocking=True))
+            return EncoderOutput(
+                cls=output.cls.float(), patches=output.patches.float(), grid=output.grid
+            )
+
+    def _deliver(
+        self, segment: _Segment, cls: torch.Tensor, patches: torch.Tensor, grid: tuple[int, int]
+    ) -> None:
+        request = segment.request
+        if request.future.done():
+            return
+        if not bool(torch.isfinite(cls).all() and torch.isfinite(patches).all()):
+            self._fail(request, EncodingError("the encoder produced non-finite features"))
+            return
+        # Cloned outside inference mode: ordinary tensors that autograd (explanations) accepts.
+        request.cls_parts.append(cls.clone())
+        request.patch_parts.append(patches.clone())
+        if segment.stop < request.count:
+            return
+        result = EncoderOutput(
+            cls=_joined(request.cls_parts), patches=_joined(request.patch_parts), grid=grid
+        )
+        request.cls_parts.clear()
+        request.patch_parts.clear()
+        request.future.set_result(result)
+
+    def _fail(
+        self, request: _Request, error: Exception, *, cause: BaseException | None = None
+    ) -> None:
+        if cause is not None:
+            error.__cause__ = cause
+        self._count("failed_requests")
+        with self._condition:
+            if request.remaining and request in self._pending:
+                # The rest of a request spread over several batches is not worth running.
+                self._pending.remove(request)
+                self._pending_images -= request.remaining
+        request.cls_parts.clear()
+        request.patch_parts.clear()
+        if not request.future.done():
+            request.future.set_exception(error)
+
+    def _count(self, name: str) -> None:
+        with self._condition:
+            self._counts[name] += 1
+
+    def _record_batch(self, images: int, requests: int) -> None:
+        with self._condition:
+            self._counts["batches"] += 1
+            self._largest_batch = max(self._largest_batch, images)
+            self._recent_sizes.append(images)
+            self._recent_requests.append(requests)
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,0 +1,122 @@
+"""InferenceEngine batching: batched results equal one-at-a-time results, requests from
+concurrent callers share forward passes, large requests span several batches."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from tests.infer_support import INPUT_SIZE, fixture_bundle_dir
+
+from ortho_node.model.bundle import LoadedBundle, load_bundle
+from ortho_node.model.engine import (
+    InferenceEngine,
+    Precision,
+    native_bf16,
+    resolve_precision,
+)
+
+# bf16 keeps 8 bits of mantissa: relative error ~4e-3 per rounding, a few roundings deep.
+BF16_ATOL = 5e-2
+
+
+@pytest.fixture(scope="module")
+def bundle() -> LoadedBundle:
+    return load_bundle(fixture_bundle_dir())
+
+
+def images(count: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(count, 3, INPUT_SIZE, INPUT_SIZE, generator=generator)
+
+
+def one_at_a_time(bundle: LoadedBundle, batch: torch.Tensor, precision: str):
+    with InferenceEngine(bundle, max_batch=1, max_wait_ms=0, precision=precision) as engine:
+        outputs = [engine.encode(image) for image in batch]
+        assert engine.stats().largest_batch == 1
+    return torch.cat([o.cls for o in outputs]), torch.cat([o.patches for o in outputs])
+
+
+def test_fp32_batched_equals_one_at_a_time_exactly(bundle: LoadedBundle) -> None:
+    batch = images(6)
+    cls_single, patches_single = one_at_a_time(bundle, batch, "fp32")
+    with InferenceEngine(bundle, max_batch=8, max_wait_ms=0, precision="fp32") as engine:
+        output = engine.encode(batch)
+        assert engine.stats().recent_batch_sizes == (6,)
+    # Exact: the CPU kernels give each row the same arithmetic whatever the batch size.
+    assert torch.equal(output.cls, cls_single)
+    assert torch.equal(output.patches, patches_single)
+    assert output.grid == (INPUT_SIZE // 16, INPUT_SIZE // 16)
+    assert output.cls.dtype == torch.float32 and output.cls.device == bundle.device
+
+
+def test_bf16_batched_matches_one_at_a_time_and_fp32(bundle: LoadedBundle) -> None:
+    batch = images(4, seed=1)
+    cls_single, patches_single = one_at_a_time(bundle, batch, "bf16")
+    with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="bf16") as engine:
+        assert engine.precision is Precision.BF16
+        output = engine.encode(batch)
+    with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="fp32") as engine:
+        exact = engine.encode(batch)
+    assert torch.allclose(output.cls, cls_single, atol=BF16_ATOL)
+    assert torch.allclose(output.patches, patches_single, atol=BF16_ATOL)
+    # Autocast really ran in bf16 (results differ from fp32), and stayed close to it.
+    assert not torch.equal(output.patches, exact.patches)
+    assert torch.allclose(output.patches, exact.patches, atol=BF16_ATOL)
+
+
+def test_request_larger_than_max_batch_spans_batches_in_order(bundle: LoadedBundle) -> None:
+    batch = images(7, seed=2)
+    with InferenceEngine(bundle, max_batch=3, max_wait_ms=0, precision="fp32") as engine:
+        output = engine.encode(batch)
+        stats = engine.stats()
+    cls_single, _ = one_at_a_time(bundle, batch, "fp32")
+    assert stats.recent_batch_sizes == (3, 3, 1)
+    assert torch.equal(output.cls, cls_single)
+
+
+def test_concurrent_callers_share_forward_passes(bundle: LoadedBundle) -> None:
+    callers = 4
+    batches = [images(2, seed=10 + k) for k in range(callers)]
+    start = threading.Barrier(callers)
+    results: dict[int, torch.Tensor] = {}
+
+    def caller(k: int) -> None:
+        start.wait()
+        results[k] = engine.encode(batches[k], timeout=30).cls
+
+    # A long wait and a batch exactly the size of all requests: it runs as soon as it fills.
+    engine = InferenceEngine(bundle, max_batch=2 * callers, max_wait_ms=5000, precision="fp32")
+    with engine:
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        stats = engine.stats()
+    assert stats.recent_batch_sizes == (2 * callers,)
+    assert stats.recent_batch_requests == (callers,)
+    for k in range(callers):
+        assert torch.equal(results[k], one_at_a_time(bundle, batches[k], "fp32")[0])
+
+
+def test_auto_precision_follows_the_hardware(bundle: LoadedBundle) -> None:
+    expected = Precision.BF16 if native_bf16(torch.device("cpu")) else Precision.FP32
+    assert resolve_precision("auto", torch.device("cpu")) is expected
+    assert resolve_precision("fp32", torch.device("cpu")) is Precision.FP32
+    with pytest.raises(ValueError):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_engine_matches_cpu() -> None:
+    batch = images(4, seed=3)
+    with InferenceEngine(load_bundle(fixture_bundle_dir()), precision="fp32") as cpu_engine:
+        reference = cpu_engine.encode(batch)
+    cuda_bundle = load_bundle(fixture_bundle_dir(), device="cuda")
+    for precision, tolerance in (("fp32", 1e-3), ("bf16", BF16_ATOL)):
+        with InferenceEngine(cuda_bundle, precision=precision) as engine:
+            output = engine.encode(batch)
+        assert output.patches.device.type == "cuda"
+        assert torch.allclose(output.patches.cpu(), reference.patches, atol=tolerance)
