@@ -1,0 +1,112 @@
+"""Explanation maps and head pooling (ortho_node.model.explain) on hand-made patch tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ortho_node.model.encoder import EncoderOutput
+from ortho_node.model.explain import evaluate_head
+from ortho_node.model.head_module import TaskHead, image_features
+from ortho_node.model.heads import create_head
+
+EMBED = 16
+GRID = (3, 4)
+
+
+def tokens(images: int, seed: int = 0) -> EncoderOutput:
+    generator = torch.Generator().manual_seed(seed)
+    return EncoderOutput(
+        cls=torch.randn(images, EMBED, generator=generator),
+        patches=torch.randn(images, GRID[0] * GRID[1], EMBED, generator=generator),
+        grid=GRID,
+    )
+
+
+def head(name: str, **overrides: object) -> TaskHead:
+    module = create_head(name, embed_dim=EMBED, **overrides)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return module.eval().requires_grad_(False)
+
+
+def with_evidence(
+    encoded: EncoderOutput, module: TaskHead, *, image: int, patch: int
+) -> EncoderOutput:
+    """Add, at one patch, a token pointing where the head's explained score grows."""
+    patches = encoded.patches.clone().requires_grad_(True)
+    features = image_features(encoded.cls, patches)
+    if module.spec.pooling is not None:
+        score = module.forward_sets(features.unsqueeze(0))[0, 0]
+    else:
+        score = module(features)[:, 0].sum()
+    (gradient,) = torch.autograd.grad(score, patches)
+    direction = gradient[image].sum(dim=0)
+    boosted = patches.detach().clone()
+    boosted[image, patch] += 20.0 * direction / direction.norm()
+    return EncoderOutput(encoded.cls, boosted, encoded.grid)
+
+
+def test_map_points_at_the_patch_that_carries_the_evidence() -> None:
+    module = head("oa_present")
+    encoded = with_evidence(tokens(1), module, image=0, patch=7)
+    evaluation = evaluate_head(module, encoded)
+    assert evaluation.patch_map is not None
+    assert evaluation.patch_map.shape == GRID and evaluation.patch_map.dtype == np.float32
+    assert evaluation.patch_map.min() >= 0.0 and evaluation.patch_map.max() == pytest.approx(1.0)
+    assert np.unravel_index(evaluation.patch_map.argmax(), GRID) == np.unravel_index(7, GRID)
+    with torch.no_grad():
+        expected = module(image_features(encoded.cls, encoded.patches))
+    assert torch.allclose(evaluation.logits, expected)
+
+
+def test_radiograph_head_averages_logits_and_maps_the_image_with_most_evidence() -> None:
+    module = head("kl_grade")
+    encoded = with_evidence(tokens(3, seed=1), module, image=2, patch=4)
+    evaluation = evaluate_head(module, encoded)
+    with torch.no_grad():
+        per_image = module(image_features(encoded.cls, encoded.patches))
+    assert torch.allclose(evaluation.logits, per_image.mean(dim=0, keepdim=True))
+    assert evaluation.weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert evaluation.key_index == 2
+    assert evaluation.patch_map is not None and evaluation.patch_map.flat[4] == pytest.approx(1.0)
+
+
+def test_mr_key_slice_is_the_highest_attention_weight() -> None:
+    module = head("acl", pooling="attention")
+    encoded = tokens(6, seed=2)
+    evaluation = evaluate_head(module, encoded)
+    with torch.no_grad():
+        _, weights = module.pool(image_features(encoded.cls, encoded.patches).unsqueeze(0))
+    assert evaluation.weights == pytest.approx(tuple(weights[0].tolist()), abs=1e-6)
+    assert evaluation.key_index == int(weights[0].argmax())
+    assert sum(evaluation.weights) == pytest.approx(1.0)
+
+
+def test_mean_pooled_mr_takes_the_slice_with_most_evidence() -> None:
+    module = head("meniscus")  # mean pooling: every slice weighs the same
+    encoded = with_evidence(tokens(5, seed=3), module, image=3, patch=0)
+    evaluation = evaluate_head(module, encoded)
+    assert evaluation.key_index == 3
+    quiet = evaluate_head(module, encoded, explain=False)
+    assert quiet.patch_map is None and torch.allclose(quiet.logits, evaluation.logits)
+
+
+def test_map_is_all_zero_when_nothing_speaks_for_the_answer() -> None:
+    module = head("oa_present")
+    encoded = tokens(1, seed=4)
+    zero = EncoderOutput(encoded.cls, torch.zeros_like(encoded.patches), GRID)
+    evaluation = evaluate_head(module, zero)
+    assert evaluation.patch_map is not None and not evaluation.patch_map.any()
+
+
+def test_inputs_are_checked() -> None:
+    module = head("oa_present")
+    with pytest.raises(TypeError, match="EncoderOutput"):
+        evaluate_head(module, "tokens")  # type: ignore[arg-type]
+    encoded = tokens(1)
+    with pytest.raises(ValueError, match="grid"):
+        evaluate_head(module, EncoderOutput(encoded.cls, encoded.patches, (5, 5)))
