@@ -8,6 +8,10 @@ Main entry points::
     from ortho_node.model import load_bundle, verify_bundle, import_checkpoint
     bundle = load_bundle("bundles/orthofoundation-l", device="cuda")
     out = bundle.encoder(images)            # EncoderOutput(cls, patches, grid)
+
+    from ortho_node.model import StudyAnalyser
+    analyser = StudyAnalyser.from_bundle_dir("bundles/orthofoundation-l", device="cuda")
+    findings = analyser.analyse(datasets, study_instance_uid=uid)   # StudyFindings
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ _LAZY = {
     "load_bundle": "bundle",
     "save_bundle": "bundle",
     "verify_bundle": "bundle",
+    # inference
+    "InferenceEngine": "engine",
+    "Precision": "engine",
+    "evaluate_head": "explain",
+    "StudyAnalyser": "study",
+    "default_bundle_dir": "study",
+    "run_infer": "infer",
 }
 
 __all__ = sorted(_LAZY)

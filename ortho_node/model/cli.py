@@ -1,28 +1,34 @@
-"""``ortho-node model ...``: import a checkpoint into a bundle, show a bundle, verify a bundle.
+"""``ortho-node model ...``: import a checkpoint into a bundle, show a bundle, verify a bundle,
+and run the model offline on DICOM files (``infer``).
 
-The main CLI mounts :data:`app`. Commands only parse options and call
-:mod:`ortho_node.model.bundle`; torch is imported when a command runs, not when the CLI starts.
+The main CLI mounts :data:`app` and :func:`infer_command` (as ``ortho-node infer``). Commands
+only parse options and call :mod:`ortho_node.model.bundle` / :mod:`ortho_node.model.infer`;
+torch is imported when a command runs, not when the CLI starts.
 Errors an admin can fix (missing file, checkpoint that does not fit, tampered weights) print
 one readable message and exit with status 1, never a traceback.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["app"]
+if TYPE_CHECKING:
+    from ortho_node.model.findings import StudyFindings
+
+__all__ = ["app", "infer_command"]
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="Model bundles: import a checkpoint, show a bundle, verify a bundle.",
+    help="Model bundles: import a checkpoint, show a bundle, verify a bundle; offline inference.",
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -177,3 +183,104 @@ def verify_command(bundle: Path = typer.Argument(..., help="Bundle folder.")) ->
         )
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------- infer
+
+_PROGRESS_MIN_FILES = 20
+SYNTHETIC_WARNING = "synthetic model - not for clinical use"
+
+
+def _side(laterality: object) -> str:
+    return {"L": "left", "R": "right"}.get(getattr(laterality, "value", ""), "-")
+
+
+def _findings_table(findings: "StudyFindings") -> Table:
+    table = Table(title=f"study {findings.study_instance_uid}", title_justify="left")
+    for column in ("task", "side", "result", "probability", "note"):
+        table.add_column(column, overflow="fold")
+    for finding in findings.findings:
+        note = "" if finding.heatmap is None else "explanation map"
+        table.add_row(
+            escape(finding.title), _side(finding.laterality), escape(finding.label),
+            f"{finding.probability:.3f}", note,
+        )
+    for outcome in findings.not_evaluated:
+        status = outcome.status.value.replace("_", " ")
+        table.add_row(
+            escape(outcome.title), _side(outcome.laterality), f"[yellow]{status}[/]", "-",
+            escape(outcome.reason),
+        )
+    model = findings.model
+    caption = f"model {model.label}"
+    if model.synthetic:
+        caption += f" - [bold red]{SYNTHETIC_WARNING}[/]"
+    table.caption = f"{caption}\n{escape(model.disclaimer)}"
+    return table
+
+
+def _print_tables(results: "list[StudyFindings]") -> None:
+    for findings in results:
+        if not findings.in_scope:
+            console.print(
+                f"[bold]study {escape(findings.study_instance_uid)}[/]: [yellow]out of scope[/] - "
+                f"{escape(findings.out_of_scope_reason or '')}",
+                highlight=False,
+            )
+            continue
+        console.print(_findings_table(findings))
+
+
+@app.command("infer")
+def infer_command(
+    paths: list[Path] = typer.Argument(..., help="DICOM files or folders (searched recursively)."),
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help="Model bundle folder (default: the packaged demo bundle)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Most images per forward pass."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32 or bf16."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress",
+        help=f"Progress bar on stderr (default: from {_PROGRESS_MIN_FILES} files on).",
+    ),
+) -> None:
+    """Run the model on DICOM files offline and print the findings per study."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ortho_node.model.infer import collect_studies, findings_to_dict, run_infer
+    from ortho_node.model.manifest import BundleError
+
+    try:
+        found = collect_studies(paths)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    for path, reason in found.skipped:
+        err_console.print(f"[dim]skipped {escape(str(path))}: {escape(reason)}[/]", highlight=False)
+    if not found.studies:
+        raise _fail("no DICOM study found in the given paths")
+    show = progress if progress is not None else found.file_count >= _PROGRESS_MIN_FILES
+    bar = Progress(
+        TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+        console=err_console, transient=err_console.is_terminal, disable=not show,
+    )
+    with bar:
+        task = bar.add_task("infer", total=found.file_count)
+        try:
+            results = run_infer(
+                found, bundle_dir=bundle, device=device, max_batch=batch,
+                precision=precision, compile=compile_model,
+                on_study=lambda _, study: bar.advance(task, len(study.paths)),
+            )
+        except (BundleError, ValueError) as exc:  # bad bundle, device or precision name
+            raise _fail(str(exc)) from exc
+    if as_json:
+        document = {
+            "studies": [findings_to_dict(findings) for findings in results],
+            "skipped_files": [{"path": str(p), "reason": r} for p, r in found.skipped],
+        }
+        typer.echo(json.dumps(document, indent=2))
+        return
+    _print_tables(results)
