@@ -228,6 +228,20 @@ def resend(
     typer.echo(f"{count} deliveries queued again")
 
 
+@app.command()
+def demo(
+    var_dir: Path = typer.Option(Path("var"), help="Where the demo node keeps its store and databases."),
+    seed: Optional[int] = typer.Option(None, help="Phantom seed (default: random, printed)."),
+    timeout: float = typer.Option(900.0, help="Give up after this many seconds."),
+) -> None:
+    """Run the node end to end on embedded defaults with generated knee studies and a stand-in PACS."""
+    from ortho_node.demo import run_demo
+
+    configure_logging("WARNING")
+    delivered = run_demo(var_dir.resolve(), seed=seed, timeout_s=timeout, console=console)
+    raise typer.Exit(0 if delivered else 1)
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     var_dir: Optional[Path] = typer.Option(None),

@@ -15,7 +15,7 @@ from celery import Celery
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.pipeline import jobs
-from ortho_node.pipeline.context import WorkerContext
+from ortho_node.pipeline.context import JobStep, WorkerContext
 from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
 from ortho_node.pipeline.delivery import DELIVER_TASK, run_deliveries
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
@@ -73,12 +73,26 @@ class NodeCelery(Celery):
             return self._context
 
 
-def build_worker_context(settings: Settings) -> WorkerContext:
-    from ortho_node.pipeline.process import summarise_study
+def build_analysis_step(context: WorkerContext) -> JobStep:
+    """The model-backed job step: loads the bundle once for this worker process."""
+    from ortho_node.model.study import StudyAnalyser, default_bundle_dir
+    from ortho_node.pipeline.process import AnalyseStudyStep
 
+    worker = context.settings.worker
+    analyser = StudyAnalyser.from_bundle_dir(
+        worker.bundle or default_bundle_dir(),
+        device=worker.device,
+        max_batch=worker.max_batch,
+        max_wait_ms=worker.max_wait_ms,
+        compile=worker.compile,
+    )
+    return AnalyseStudyStep(settings=context.settings, db=context.db, store=context.store, analyser=analyser)
+
+
+def build_worker_context(settings: Settings) -> WorkerContext:
     db = Database(settings.effective_database_url)
     store = InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir)
-    return WorkerContext(settings=settings, db=db, store=store, process=summarise_study)
+    return WorkerContext(settings=settings, db=db, store=store, build_step=build_analysis_step)
 
 
 def _backoff_s(retries: int) -> float:
@@ -96,7 +110,7 @@ def register_tasks(app: NodeCelery) -> None:
         if job is None:
             return "skipped"
         try:
-            summary = context.process(job)
+            summary = context.step()(job)
         except TransientJobError as exc:
             if self.request.retries >= self.max_retries:
                 jobs.fail(context.db, job_id, f"gave up after {job.attempt} attempts: {exc}")

@@ -1,9 +1,14 @@
-"""What a worker process holds for its whole life: settings, index, store and the job step."""
+"""What a worker process holds for its whole life: settings, index, store and the job step.
+
+The job step (model + results) is built on first use, so a worker starts fast and a bundle that
+cannot be loaded fails the job that needed it with a readable reason instead of hiding in a log.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
@@ -18,4 +23,12 @@ class WorkerContext:
     settings: Settings
     db: Database
     store: InstanceStore
-    process: JobStep
+    build_step: Callable[["WorkerContext"], JobStep]
+    _step: JobStep | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def step(self) -> JobStep:
+        with self._lock:
+            if self._step is None:
+                self._step = self.build_step(self)
+            return self._step

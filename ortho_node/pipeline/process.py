@@ -1,33 +1,120 @@
-"""The processing step of a job.
+"""The processing step of a job: read the study, run the model, build and keep the result objects.
 
-Until the model runtime is wired in, the step records the study's series/instance summary on
-the job (what the model stage will receive), so the queue can be exercised end to end.
+Data flows one way: instances (store) → ``StudyAnalyser`` (model stage) → ``StudyFindings`` →
+``build_result_objects`` (results stage) → files + index rows + deliveries. The step returns a
+PHI-free summary that is stored on the job and shown by ``status``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import logging
+from collections.abc import Sequence
+from typing import Protocol
 
-from ortho_node.pipeline.errors import PermanentJobError
-from ortho_node.pipeline.jobs import ClaimedJob
+import pydicom
+from pydicom.dataset import Dataset
+
+from ortho_node.config import Settings
+from ortho_node.db.engine import Database
+from ortho_node.model.findings import StudyFindings
+from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
+from ortho_node.pipeline.jobs import ClaimedJob, JobInstance, heartbeat
+from ortho_node.pipeline.results_record import previous_report, record_results
 from ortho_node.privacy import uid_ref
+from ortho_node.results import build_result_objects
+from ortho_node.store import InstanceStore
+
+log = logging.getLogger(__name__)
+
+# Pixel data stays on disk until the model asks for it (series it does not select are never read).
+_DEFER_SIZE = "256 KB"
 
 
-def summarise_study(job: ClaimedJob) -> dict:
-    """A PHI-free summary of what the job covers: series, modalities, instance counts."""
-    if not job.instances:
-        raise PermanentJobError("the job has no analysable instance left to process")
-    per_series: dict[str, Counter[str]] = {}
-    modality: dict[str, str | None] = {}
-    for instance in job.instances:
-        ref = uid_ref(instance.series_instance_uid)
-        per_series.setdefault(ref, Counter())[instance.transfer_syntax_uid] += 1
-        modality[ref] = instance.modality
+class StudyAnalyser(Protocol):
+    """What the model stage offers the pipeline (``ortho_node.model.study.StudyAnalyser``)."""
+
+    def analyse(self, datasets: Sequence[Dataset], *, study_instance_uid: str) -> StudyFindings: ...
+
+
+def read_instances(store: InstanceStore, instances: Sequence[JobInstance]) -> list[Dataset]:
+    """Open the job's stored instances (headers now, pixels on demand)."""
+    datasets = []
+    for instance in instances:
+        path = store.absolute(instance.relative_path)
+        try:
+            datasets.append(pydicom.dcmread(path, defer_size=_DEFER_SIZE))
+        except FileNotFoundError as exc:
+            raise PermanentJobError(f"stored instance {uid_ref(instance.sop_instance_uid)} is missing from the store") from exc
+        except OSError as exc:
+            raise TransientJobError(f"cannot read the store: {exc.strerror}") from exc
+    return datasets
+
+
+def summarise(findings: StudyFindings, *, results: dict[str, int], revision: int) -> dict:
+    """What the job row records: findings without PHI, outcomes, counts of result objects."""
     return {
-        "step": "summary",
-        "instances": len(job.instances),
-        "series": [
-            {"series": ref, "modality": modality[ref], "instances": sum(c.values()), "transfer_syntaxes": dict(c)}
-            for ref, c in per_series.items()
+        "model": findings.model.label,
+        "synthetic_model": findings.model.synthetic,
+        "revision": revision,
+        "out_of_scope": findings.out_of_scope_reason,
+        "findings": [
+            {
+                "task": f.task,
+                "title": f.title,
+                "side": f.laterality.value if f.laterality else None,
+                "result": f.label,
+                "probability": round(f.probability, 4),
+            }
+            for f in findings.findings
         ],
+        "not_evaluated": [
+            {"task": o.task, "status": o.status.value, "reason": o.reason, "side": o.laterality.value if o.laterality else None}
+            for o in findings.not_evaluated
+        ],
+        "results": results,
     }
+
+
+class AnalyseStudyStep:
+    """The job step the worker runs: model → result objects → deliveries."""
+
+    def __init__(self, *, settings: Settings, db: Database, store: InstanceStore, analyser: StudyAnalyser) -> None:
+        self._settings = settings
+        self._db = db
+        self._store = store
+        self._analyser = analyser
+
+    def __call__(self, job: ClaimedJob) -> dict:
+        if not job.instances:
+            raise PermanentJobError("the job has no analysable instance left to process")
+        datasets = read_instances(self._store, job.instances)
+        findings = self._analyser.analyse(datasets, study_instance_uid=job.study_instance_uid)
+        heartbeat(self._db, job.job_id)
+        previous = previous_report(self._db, job.study_id, job.study_instance_uid, exclude_job_id=job.job_id)
+        revision = previous.revision + 1 if previous else 0
+        built = build_result_objects(
+            findings,
+            sources=datasets,
+            revision=revision,
+            predecessor=previous.reference if previous else None,
+            include_key_objects=self._settings.delivery.include_key_objects,
+        )
+        record_results(
+            self._db,
+            self._settings,
+            job_id=job.job_id,
+            study_id=job.study_id,
+            revision=revision,
+            objects=[(o.kind.value, o.dataset) for o in built],
+        )
+        counts: dict[str, int] = {}
+        for item in built:
+            counts[item.kind.value] = counts.get(item.kind.value, 0) + 1
+        log.info(
+            "job %d: %d finding(s), %d not evaluated, %s",
+            job.job_id,
+            len(findings.findings),
+            len(findings.not_evaluated),
+            ", ".join(f"{n} {k}" for k, n in counts.items()) or "no result object",
+        )
+        return summarise(findings, results=counts, revision=revision)

@@ -30,11 +30,16 @@ class PreviousReport:
     reference: PredecessorRef
 
 
-def previous_report(db: Database, study_id: int, study_instance_uid: str) -> PreviousReport | None:
+def previous_report(
+    db: Database, study_id: int, study_instance_uid: str, *, exclude_job_id: int | None = None
+) -> PreviousReport | None:
+    """The newest SR of the study from another job (a job re-run after a crash is not its own predecessor)."""
     with db.session() as session:
+        query = select(StoredResult).where(StoredResult.study_id == study_id, StoredResult.kind == "sr")
+        if exclude_job_id is not None:
+            query = query.where(StoredResult.job_id != exclude_job_id)
         row = session.scalars(
-            select(StoredResult)
-            .where(StoredResult.study_id == study_id, StoredResult.kind == "sr")
+            query
             .order_by(StoredResult.revision.desc(), StoredResult.id.desc())
         ).first()
         if row is None:

@@ -201,18 +201,24 @@ class NodeProcess:
 
 
 def node_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
-    """A test config: free port, var dir under ``tmp``, short stable ages."""
+    """A test config: free port, var dir under ``tmp``, short stable ages.
+
+    Workers use the tiny test-fixture bundle (``tests/infer_support.py``: seeded random weights,
+    fast) unless ``worker={"bundle": None}`` asks for the node's default (the shipped demo bundle).
+    """
+    from tests.infer_support import fixture_bundle_dir
+
     config: dict[str, Any] = {
         "var_dir": str(tmp / "var"),
         "log_level": "INFO",
         "assembler_interval_s": 0.3,
         "dimse": {"ae_title": "ORTHO", "host": "127.0.0.1", "port": free_port()},
         "stable_age": {"default_s": 2.0, "per_modality": {"MR": 2.0, "DX": 2.0, "CR": 2.0}},
-        "worker": {"job_lease_s": 60},
+        "worker": {"job_lease_s": 60, "bundle": str(fixture_bundle_dir())},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
+            config[key] = {k: v for k, v in {**config[key], **value}.items() if v is not None}
         else:
             config[key] = value
     return config

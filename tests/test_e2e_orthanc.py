@@ -1,0 +1,81 @@
+"""Issue #4 end to end: a real Orthanc PACS pushes a knee study to ``ortho-node serve``; the node
+runs the model and sends SR + SC back, by C-STORE and (second test) by STOW-RS; the test finds
+them in Orthanc in the same study. Also: results routed back to the node are not re-processed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ortho_node.db.models import JobState
+from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
+from tests.support.orthanc import Orthanc
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.timeout(600)]
+
+SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def wait_for(predicate, *, timeout: float = 180.0, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+def results_in(orthanc: Orthanc, study_uid: str) -> dict[str, list[dict]]:
+    by_class: dict[str, list[dict]] = {}
+    for tags in orthanc.instances_of_study(study_uid):
+        by_class.setdefault(tags.get("SOPClassUID", ""), []).append(tags)
+    return by_class
+
+
+@pytest.fixture
+def knee_study(tmp_path):
+    return write_knee_study(
+        tmp_path / "study", seed=77, xrays=[XrayPhantomSpec(kl_grade=3, side="L"), XrayPhantomSpec(kl_grade=1, side="R")]
+    )
+
+
+@pytest.mark.parametrize("transport", ["dimse", "stow"])
+def test_orthanc_push_comes_back_as_sr_and_sc_in_the_same_study(node_factory, tmp_path, knee_study, transport):
+    orthanc = Orthanc(tmp_path / "orthanc")
+    node = node_factory(
+        dimse={"allowed_callers": [{"ae_title": orthanc.aet}]},
+        destinations=[
+            {"kind": "dimse", "name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+            if transport == "dimse"
+            else {"kind": "stow", "name": "pacs", "url": f"http://127.0.0.1:{orthanc.http_port}/dicom-web"}
+        ],
+    )
+    orthanc.modalities = {"node": ["ORTHO", "127.0.0.1", node.port]}
+    orthanc.start()
+    try:
+        node.start()
+        for item in knee_study.files:
+            orthanc.upload(item.path)
+        orthanc.push_study_to("node", knee_study.study_instance_uid)  # what a routing rule does
+
+        found = wait_for(lambda: (r := results_in(orthanc, knee_study.study_instance_uid)).get(SR) and r.get(SC) and r)
+        (job,) = node.wait_for_jobs(lambda js: js and all(JobState(j.state).is_final for j in js))
+        assert job.state == JobState.DONE.value, job.reason
+        (sr,) = found[SR]
+        assert sr["StudyInstanceUID"] == knee_study.study_instance_uid
+        assert sr["PatientID"] == knee_study.patient_id
+        assert len(found[SC]) >= 1 and all(sc["BurnedInAnnotation"] == "YES" for sc in found[SC])
+        sides = {f["side"] for f in job.summary["findings"] if f["task"] == "kl_grade"}
+        assert sides == {"L", "R"}
+
+        # A routing rule that sends the whole study back (now with our SR/SC) must not loop.
+        orthanc.push_study_to("node", knee_study.study_instance_uid)
+        time.sleep(6)  # well past the stable age
+        jobs = node.wait_for_jobs(lambda js: True)
+        assert len(jobs) == 1, "the node's own results must not trigger a new job"
+    finally:
+        orthanc.stop()
