@@ -17,9 +17,9 @@ all job threads). :meth:`StudyAnalyser.analyse` runs, for one study:
 3. **Inputs** (:mod:`.study_inputs`): radiographs of the side in the head's views (AP/PA for
    the KL heads), or the series the head prefers among the side's MR series; each prepared
    once for all heads.
-4. **Encoding** through the :class:`~ortho_node.model.engine.InferenceEngine`: all inputs of
-   the study are submitted at once, so they share batches with each other and with the
-   other jobs of the worker.
+4. **Encoding** through the :class:`~ortho_node.model.engine.InferenceEngine`: each input is
+   submitted as soon as it is prepared (the encoder works while the next one is decoded);
+   the inputs share batches with each other and with the other jobs of the worker.
 5. **Heads** (:mod:`.explain`): radiograph heads average their logits over the side's images
    in scope (each image weighs the same: a repeated AP or an AP plus a PA of one knee are one
    answer); MR heads pool the series' slices. Calibrated probabilities and the decision come
@@ -32,7 +32,6 @@ are kept). Images that fail are logged with hashed UIDs only.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,7 +44,7 @@ import ortho_node
 from ortho_node.model.bundle import LoadedBundle, load_bundle
 from ortho_node.model.calibration import predict
 from ortho_node.model.encoder import EncoderOutput
-from ortho_node.model.engine import EncodingError, InferenceEngine, Precision
+from ortho_node.model.engine import InferenceEngine, Precision
 from ortho_node.model.explain import evaluate_head
 from ortho_node.model.findings import (
     Finding,
@@ -366,7 +365,7 @@ class StudyAnalyser:
         if reason is not None:
             return StudyFindings(study_instance_uid, model, out_of_scope_reason=reason)
         cache = InputCache(
-            config=self._config, sampling=self._sampling,
+            submit=self._engine.submit, config=self._config, sampling=self._sampling,
             min_slices=self._min_slices, content_limits=self._content_limits,
         )
         head_sides = [
@@ -374,7 +373,7 @@ class StudyAnalyser:
             for plan in self._plans
             for head_side in self._head_sides(plan, screened, cache)
         ]
-        self._encode(cache.inputs)
+        self._collect(cache.inputs)
         findings: list[Finding] = []
         outcomes: list[TaskOutcome] = []
         for head_side in head_sides:
@@ -439,22 +438,10 @@ class StudyAnalyser:
             head_sides.append(head_side)
         return head_sides
 
-    def _encode(self, inputs: Sequence[ModelInput]) -> None:
-        """Submit every prepared input at once (they batch together), then collect."""
-        waiting = [
-            (item, self._engine.submit(item.tensor)) for item in inputs if item.tensor is not None
-        ]
-        for item, future in waiting:
-            try:
-                item.encoded = future.result(timeout=self._timeout)
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                reason = f"the encoder did not answer within {self._timeout} s"
-                item.fail(Problem(OutcomeStatus.FAILED, reason))
-            except EncodingError as exc:
-                item.fail(Problem(OutcomeStatus.FAILED, str(exc)))
-            except (TypeError, ValueError) as exc:
-                item.fail(Problem(OutcomeStatus.FAILED, f"the encoder refused the input: {exc}"))
+    def _collect(self, inputs: Sequence[ModelInput]) -> None:
+        """Wait for the engine's answers to every input the study submitted."""
+        for item in inputs:
+            item.collect(self._timeout)
 
     def _conclude(self, head_side: _HeadSide) -> Finding | TaskOutcome:
         spec = head_side.plan.spec

@@ -12,7 +12,9 @@ The steps :class:`~ortho_node.model.study.StudyAnalyser` runs before the encoder
      of scope, see :func:`~ortho_node.model.scope.check_image_content`), preprocess;
    * an MR series: survey the side's MR images, select the series the head prefers
      (:func:`~ortho_node.model.series.select_series` over the head's planes), look at the
-     content of its central slice, then decode, window and stack its sampled slices.
+     content of its central slice, then decode, window and stack its sampled slices;
+
+   and submit it to the engine at once, so encoding overlaps the next input's decoding.
 
 A step that fails leaves a :class:`Problem` on the input instead of a tensor: out of scope
 (the input is not what the model is for) or failed (it should have worked and did not).
@@ -20,15 +22,19 @@ A step that fails leaves a :class:`Problem` on the input instead of a tensor: ou
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from pydicom.dataset import Dataset
 
 from ortho_node.model.encoder import EncoderOutput
+from ortho_node.model.engine import EncodingError
 from ortho_node.model.findings import ImageRef, Laterality, OutcomeStatus
 from ortho_node.model.heads import HeadSpec
 from ortho_node.model.pixels import (
@@ -138,16 +144,16 @@ def screen_images(
 class ModelInput:
     """One encoder request: a radiograph, or the sampled slices of one MR series.
 
-    After preparation either ``tensor`` (ready for the encoder) or ``problem`` is set;
-    ``encoded`` is set once the engine answered.
+    After preparation either ``pending`` (submitted to the engine) or ``problem`` is set;
+    ``encoded`` is set once the engine answered (:meth:`collect`).
     """
 
     label: str
     """PHI-free name for logs, e.g. ``"image u:3f2a..."``."""
     slices: tuple[PreprocessedImage, ...] = ()
-    """Per image or slice: geometry, ImageRef, laterality (in tensor order)."""
-    tensor: torch.Tensor | None = None
-    """``[K, 3, S, S]`` model input."""
+    """Per image or slice: geometry, ImageRef, laterality (in encoder order)."""
+    pending: Future[EncoderOutput] | None = None
+    """The engine's answer to come, once the input was prepared and submitted."""
     problem: Problem | None = None
     encoded: EncoderOutput | None = None
 
@@ -157,8 +163,35 @@ class ModelInput:
 
     def fail(self, problem: Problem) -> None:
         self.problem = problem
-        self.tensor = None
+        self.pending = None
         log.info("%s not used: %s", self.label, problem.reason)
+
+    def collect(self, timeout: float | None) -> None:
+        """Wait for the engine's answer; an encoder failure becomes this input's problem."""
+        if self.pending is None:
+            return
+        try:
+            self.encoded = self.pending.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self.pending.cancel()
+            self.fail(_failed(f"the encoder did not answer within {timeout} s"))
+        except EncodingError as exc:
+            self.fail(_failed(str(exc)))
+        except (TypeError, ValueError) as exc:
+            self.fail(_failed(f"the encoder refused the input: {exc}"))
+
+
+_CONTENT_SIDE = 256
+"""The content check looks at a regular subsample with at least this many pixels on the
+short side: its statistics (spread, saturation, grey levels) do not need every pixel of a
+3000 x 2500 radiograph, and the sort behind the grey-level count is the costly part."""
+
+
+def _content_problem(values: np.ndarray, limits: ContentLimits | None) -> str | None:
+    step = max(1, min(values.shape) // _CONTENT_SIDE)
+    # A step > 1 only happens for short sides >= 512 px, far above the minimum side, so the
+    # size and aspect checks give the same answer on the subsample.
+    return check_image_content(values[::step, ::step], limits=limits)
 
 
 def _out_of_scope(reason: str) -> Problem:
@@ -170,10 +203,15 @@ def _failed(reason: str) -> Problem:
 
 
 class InputCache:
-    """Prepares each radiograph and each selected series once per study.
+    """Prepares each radiograph and each selected series once per study, and submits it.
+
+    Each input goes to the engine as soon as it is ready, so the encoder works on one input
+    while the next is decoded.
 
     Parameters
     ----------
+    submit : callable
+        The engine's :meth:`~ortho_node.model.engine.InferenceEngine.submit`.
     config : PreprocessConfig
         The bundle's preprocessing.
     sampling : SliceSampling
@@ -187,11 +225,13 @@ class InputCache:
     def __init__(
         self,
         *,
+        submit: Callable[[torch.Tensor], Future[EncoderOutput]],
         config: PreprocessConfig,
         sampling: SliceSampling,
         min_slices: int,
         content_limits: ContentLimits | None,
     ) -> None:
+        self._submit = submit
         self._config = config
         self._sampling = sampling
         self._min_slices = min_slices
@@ -205,11 +245,13 @@ class InputCache:
         return tuple(self._inputs.values())
 
     def _once(self, key: tuple[str, str], label: str,
-              prepare: Callable[[ModelInput], None]) -> ModelInput:
+              prepare: Callable[[ModelInput], torch.Tensor | None]) -> ModelInput:
         found = self._inputs.get(key)
         if found is None:
             found = self._inputs[key] = ModelInput(label=label)
-            prepare(found)
+            tensor = prepare(found)
+            if tensor is not None:
+                found.pending = self._submit(tensor)
         return found
 
     def radiograph(self, image: ScreenedImage) -> ModelInput:
@@ -218,18 +260,20 @@ class InputCache:
         return self._once(("image", uid), f"image {uid_ref(uid)}",
                           lambda item: self._prepare_radiograph(item, image.dataset))
 
-    def _prepare_radiograph(self, item: ModelInput, ds: Dataset) -> None:
+    def _prepare_radiograph(self, item: ModelInput, ds: Dataset) -> torch.Tensor | None:
         try:
             raw = decode_frame(ds)
             display = to_display(raw, ds, percentiles=self._config.window_percentiles)
-            problem = check_image_content(display.values, limits=self._limits)
+            problem = _content_problem(display.values, self._limits)
             if problem is not None:
                 item.fail(_out_of_scope(f"image content out of distribution: {problem}"))
-                return
+                return None
             prepared = preprocess_frame(ds, raw, config=self._config, display=display)
-            item.slices, item.tensor = (prepared,), prepared.tensor.unsqueeze(0)
         except UnsupportedImageError as exc:
             item.fail(_failed(f"image could not be prepared: {exc.reason}"))
+            return None
+        item.slices = (prepared,)
+        return prepared.tensor.unsqueeze(0)
 
     def series_for(
         self, images: Sequence[ScreenedImage], preference: Sequence[SeriesPreference]
@@ -253,7 +297,7 @@ class InputCache:
         return self._once(("series", uid), f"series {uid_ref(uid)}",
                           lambda item: self._prepare_series(item, chosen))
 
-    def _prepare_series(self, item: ModelInput, candidate: SeriesCandidate) -> None:
+    def _prepare_series(self, item: ModelInput, candidate: SeriesCandidate) -> torch.Tensor | None:
         central = candidate.slices[len(candidate.slices) // 2]
         try:
             display = decode_display_frame(
@@ -261,11 +305,13 @@ class InputCache:
                 frame_index=central.frame_index,
                 percentiles=self._config.window_percentiles,
             )
-            problem = check_image_content(display.values, limits=self._limits)
+            problem = _content_problem(display.values, self._limits)
             if problem is not None:
                 item.fail(_out_of_scope(f"central slice out of distribution: {problem}"))
-                return
+                return None
             prepared = prepare_series(candidate, config=self._config, sampling=self._sampling)
-            item.slices, item.tensor = prepared.slices, prepared.tensor
         except UnsupportedImageError as exc:
             item.fail(_failed(f"series could not be prepared: {exc.reason}"))
+            return None
+        item.slices = prepared.slices
+        return prepared.tensor
