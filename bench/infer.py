@@ -1,0 +1,297 @@
+"""Inference benchmark: matmul peak, raw encoder forward, end-to-end ``infer`` from DICOM files.
+
+For ViT-S/16 and ViT-L/16 (DINOv3, timm) at 224 x 224, on the device chosen (CUDA when there
+is one, else the CPU), prints:
+
+1. the machine's measured matrix-product throughput in fp32 and bf16 (GFLOP/s, best of a
+   few square products; on the CPU also through ``F.linear``, oneDNN's path, the better
+   one counts);
+2. raw encoder forward: images/s and achieved GFLOP/s per precision (FLOPs counted by
+   ``torch.utils.flop_counter`` on one image), as a fraction of the fp32 and bf16 peaks;
+3. end-to-end: images/s of the node's own path from DICOM files on disk (read, decode,
+   window, preprocess, scope gate, engine with micro-batching, KL + OA heads with
+   explanation maps), as a fraction of the raw forward at the same precision and batch.
+
+Targets from issue #3: raw forward >= 70 % of the measured bf16 matmul peak; end-to-end
+>= 80 % of raw forward. Weights are random (throughput does not depend on them); the bundle
+is written to a temporary folder and removed.
+
+The ``bench/infer`` wrapper sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: on a shared
+2-core VM, libgomp's default spin-waiting made every elementwise op of the forward pass wait
+for a descheduled team thread (~7 ms each), halving ViT-S throughput.
+
+Usage::
+
+    bench/infer                       # CPU here, CUDA where there is one
+    bench/infer --device cuda         # the GPU run: same measurements, GPU-sized batches
+    bench/infer --models vits --precisions fp32 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from ortho_node.model.bundle import Provenance, load_bundle, save_bundle  # noqa: E402
+from ortho_node.model.encoder import OrthoEncoder, build_encoder  # noqa: E402
+from ortho_node.model.engine import Precision, native_bf16  # noqa: E402
+from ortho_node.model.heads import create_head  # noqa: E402
+from ortho_node.model.infer import analyse_studies, collect_studies  # noqa: E402
+from ortho_node.model.study import StudyAnalyser  # noqa: E402
+from ortho_node.phantoms import XrayPhantomSpec, write_knee_study  # noqa: E402
+
+MODELS = {
+    "vits": ("ViT-S/16", "vit_small_patch16_dinov3"),
+    "vitl": ("ViT-L/16", "vit_large_patch16_dinov3"),
+}
+SIZE = 224
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Batch, timed iterations and end-to-end image count for one model and precision."""
+
+    batch: int
+    iterations: int
+    e2e_images: int
+
+
+def plan_for(device: torch.device, model: str, precision: Precision, quick: bool) -> Plan:
+    if device.type == "cuda":
+        batch = 256 if model == "vits" else 64
+        return Plan(batch, 5 if quick else 20, (1 if quick else 2) * batch)
+    slow_bf16 = precision is Precision.BF16 and not native_bf16(device)
+    if model == "vits":
+        return Plan(2, 1, 4) if slow_bf16 else Plan(8, 2 if quick else 3, 16 if quick else 32)
+    return Plan(1, 1, 1) if slow_bf16 else Plan(2, 1 if quick else 2, 4 if quick else 8)
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: Precision):
+    enabled = precision is Precision.BF16
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def timed(device: torch.device, fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times of ``repeats`` calls (after one warm-up call)."""
+    fn()
+    synchronise(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    """GFLOP/s of the best square product path (matmul, and F.linear on the CPU)."""
+    slow = device.type == "cpu" and dtype is torch.bfloat16 and not native_bf16(device)
+    n = 8192 if device.type == "cuda" else (1024 if slow else 2048)
+    repeats = 10 if device.type == "cuda" else (2 if quick or slow else 3)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    flops = 2.0 * n**3
+    best = flops / min(timed(device, lambda: a @ b, repeats))
+    if device.type == "cpu":
+        best = max(best, flops / min(timed(device, lambda: F.linear(a, b), repeats)))
+    return best / 1e9
+
+
+def random_encoder(arch: str, device: torch.device) -> OrthoEncoder:
+    """The architecture with seeded random weights (throughput does not depend on them)."""
+    encoder = build_encoder(arch, img_size=SIZE, initialise=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in encoder.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                parameter.fill_(1.0)
+            elif ".gamma_" in name:
+                parameter.fill_(0.1)
+            else:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    return encoder.to(device).eval().requires_grad_(False)
+
+
+def forward_flops(encoder: OrthoEncoder, device: torch.device) -> float:
+    image = torch.zeros(1, 3, SIZE, SIZE, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        encoder(image)
+    return float(counter.get_total_flops())
+
+
+def raw_forward(
+    encoder: OrthoEncoder, device: torch.device, precision: Precision, plan: Plan
+) -> float:
+    """Images/s of the bare encoder at ``plan.batch`` (mean over the timed iterations: the
+    end-to-end run is one long run, so both see the same share of a busy machine)."""
+    images = torch.randn(plan.batch, 3, SIZE, SIZE, device=device)
+
+    def run() -> None:
+        with torch.inference_mode(), autocast(device, precision):
+            encoder(images)
+
+    return plan.batch / statistics.mean(timed(device, run, plan.iterations))
+
+
+def _write_study(folder: Path, index: int) -> None:
+    specs = [XrayPhantomSpec(kl_grade=2, side="L"), XrayPhantomSpec(kl_grade=2, side="R")]
+    write_knee_study(folder / f"study{index:04d}", seed=1000 + index, xrays=specs)
+
+
+def write_radiographs(folder: Path, images: int) -> list[Path]:
+    """``images`` knee radiographs (1024 x 1024 DX, uncompressed), two per study (L and R),
+    rendered by one process per core."""
+    studies = (images + 1) // 2
+    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(_write_study, [folder] * studies, range(studies)))
+    return [folder]
+
+
+def write_bundle(encoder: OrthoEncoder, work: Path) -> Path:
+    """A bundle of the (random) encoder with the KL and OA heads, written once per model."""
+    heads = {
+        name: create_head(name, embed_dim=encoder.embed_dim) for name in ("kl_grade", "oa_present")
+    }
+    return save_bundle(
+        work / f"bundle-{encoder.arch}", encoder=encoder, heads=heads, trained=heads,
+        name="bench-random", version="0", license="benchmark only",
+        provenance=Provenance("random weights for a throughput benchmark", synthetic=True),
+        input_size=(SIZE, SIZE),
+    )
+
+
+def end_to_end(
+    bundle_dir: Path, device: torch.device, precision: Precision, plan: Plan, files: list[Path]
+) -> float:
+    """Images/s of read + decode + preprocess + engine + heads over the written studies."""
+    studies = collect_studies(files).studies
+    wanted = (plan.e2e_images + 1) // 2
+    warm, timed_studies = studies[:1], studies[1 : 1 + wanted]
+    concurrent = max(2, plan.batch // 2)  # enough studies in flight to fill a batch
+    bundle = load_bundle(bundle_dir, device=device)
+    analyser = StudyAnalyser(bundle, max_batch=plan.batch, max_wait_ms=20, precision=precision)
+    with analyser:
+        analyse_studies(analyser, warm, concurrent_studies=1)
+        start = time.perf_counter()
+        analyse_studies(analyser, timed_studies, concurrent_studies=concurrent)
+        elapsed = time.perf_counter() - start
+        mean_batch = analyser.engine.stats().mean_batch
+    images = sum(len(s.paths) for s in timed_studies)
+    print(
+        f"    end-to-end: {images} images, mean batch {mean_batch:.1f}, "
+        f"{concurrent} studies in flight"
+    )
+    return images / elapsed
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    capability = torch.backends.cpu.get_cpu_capability()
+    bf16 = "native bf16" if native_bf16(device) else "no native bf16"
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    return (
+        f"CPU, {torch.get_num_threads()} threads, {capability}, {bf16} "
+        f"(torch {torch.__version__}; OMP_WAIT_POLICY {policy}; load average {load})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--models", default="vits,vitl", help="comma list of vits, vitl")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations and images")
+    args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
+        torch.backends.cudnn.allow_tf32 = False
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    precisions = [Precision(p.strip()) for p in args.precisions.split(",") if p.strip()]
+
+    print(f"device: {describe_device(device)}")
+    peaks = {
+        Precision.FP32: matmul_peak(device, torch.float32, args.quick),
+        Precision.BF16: matmul_peak(device, torch.bfloat16, args.quick),
+    }
+    print(
+        f"matmul peak: fp32 {peaks[Precision.FP32]:,.1f} GFLOP/s, "
+        f"bf16 {peaks[Precision.BF16]:,.1f} GFLOP/s"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ortho-bench-infer-") as tmp:
+        work = Path(tmp)
+        most = max(
+            plan_for(device, m, p, args.quick).e2e_images + 2 for m in models for p in precisions
+        )
+        print(f"writing {most} knee radiographs (1024 x 1024 DX) ...")
+        files = write_radiographs(work / "dicom", most)
+        for model in models:
+            label, arch = MODELS[model]
+            encoder = random_encoder(arch, torch.device("cpu"))
+            bundle_dir = write_bundle(encoder, work)
+            encoder = encoder.to(device)
+            flops = forward_flops(encoder, device)
+            for precision in precisions:
+                plan = plan_for(device, model, precision, args.quick)
+                print(
+                    f"  {label} {precision.value}: batch {plan.batch}, "
+                    f"{plan.iterations} timed iterations"
+                )
+                raw = raw_forward(encoder, device, precision, plan)
+                e2e = end_to_end(bundle_dir, device, precision, plan, files)
+                rows.append((label, precision, plan.batch, flops, raw, e2e))
+            del encoder
+
+    print()
+    header = (
+        f"{'model':9} {'prec':5} {'batch':>5} {'GFLOP/img':>9} {'raw img/s':>10} {'GFLOP/s':>9} "
+        f"{'%fp32pk':>8} {'%bf16pk':>8} {'e2e img/s':>10} {'e2e/raw':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for label, precision, batch, flops, raw, e2e in rows:
+        achieved = flops * raw / 1e9
+        print(
+            f"{label:9} {precision.value:5} {batch:>5} {flops / 1e9:>9.1f} {raw:>10.2f} "
+            f"{achieved:>9.1f} {achieved / peaks[Precision.FP32]:>8.0%} "
+            f"{achieved / peaks[Precision.BF16]:>8.0%} {e2e:>10.2f} {e2e / raw:>8.0%}"
+        )
+    print()
+    print(
+        "targets: raw forward >= 70% of the bf16 matmul peak (%bf16pk); "
+        "end-to-end >= 80% of raw (e2e/raw)"
+    )
+    if device.type == "cpu":
+        print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
