@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tests.infer_support import fixture_bundle_dir, small_mr, small_xray
 from typer.testing import CliRunner
 
@@ -93,6 +94,19 @@ def test_bad_paths_are_reported(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = infer(str(tmp_path / "empty"))
     assert result.exit_code == 1 and "no DICOM study found" in result.stderr
+
+
+def test_bad_engine_options_are_reported(dicom_folder: Path) -> None:
+    result = infer(str(dicom_folder / "xray"), "--precision", "fp16")
+    assert result.exit_code == 1 and "precision must be one of auto, fp32, bf16" in result.stderr
+    result = infer(str(dicom_folder / "xray"), "--device", "gpu")
+    assert result.exit_code == 1 and "device must be 'cpu', 'cuda' or 'cuda:N'" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_reported(dicom_folder: Path) -> None:
+    result = infer(str(dicom_folder / "xray"), "--device", "cuda")
+    assert result.exit_code == 1 and "CUDA is not available" in result.stderr
 
 
 def test_run_infer_returns_findings_in_study_order(dicom_folder: Path) -> None:

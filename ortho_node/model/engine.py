@@ -50,6 +50,7 @@ __all__ = [
     "EngineStats",
     "InferenceEngine",
     "Precision",
+    "check_device_available",
     "native_bf16",
     "resolve_precision",
 ]
@@ -101,10 +102,38 @@ def resolve_precision(precision: Precision | str, device: torch.device) -> Preci
     ValueError
         For an unknown precision name.
     """
-    chosen = Precision(precision)
+    try:
+        chosen = Precision(precision)
+    except ValueError:
+        allowed = ", ".join(p.value for p in Precision)
+        raise ValueError(f"precision must be one of {allowed}, got {precision!r}") from None
     if chosen is not Precision.AUTO:
         return chosen
     return Precision.BF16 if native_bf16(device) else Precision.FP32
+
+
+def check_device_available(device: str | torch.device) -> torch.device:
+    """The device, after checking this machine has it (a CUDA index that exists).
+
+    Raises
+    ------
+    ValueError
+        A CUDA device is asked for and CUDA is not available, or the index is out of range.
+    """
+    try:
+        target = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r} was asked for, but CUDA is not available on this "
+                "machine (no GPU, driver or CUDA build of torch); use 'cpu'"
+            )
+        count = torch.cuda.device_count()
+        if target.index is not None and target.index >= count:
+            raise ValueError(f"device {str(device)!r} does not exist: this machine has {count} GPU(s)")
+    return target
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import ortho_node
 from ortho_node.model.bundle import LoadedBundle, load_bundle
 from ortho_node.model.calibration import predict
 from ortho_node.model.encoder import EncoderOutput
-from ortho_node.model.engine import InferenceEngine, Precision
+from ortho_node.model.engine import InferenceEngine, Precision, check_device_available
 from ortho_node.model.explain import evaluate_head
 from ortho_node.model.findings import (
     Finding,
@@ -272,7 +272,10 @@ class StudyAnalyser:
         ------
         BundleError
             Missing, invalid or tampered bundle; no trained head.
+        ValueError
+            ``device`` is not on this machine.
         """
+        check_device_available(device)
         bundle = load_bundle(default_bundle_dir() if path is None else path, device=device)
         analyser = cls(
             bundle, max_batch=max_batch, max_wait_ms=max_wait_ms,
