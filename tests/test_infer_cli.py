@@ -103,7 +103,7 @@ def test_bad_engine_options_are_reported(dicom_folder: Path) -> None:
     assert result.exit_code == 1 and "device must be 'cpu', 'cuda' or 'cuda:N'" in result.stderr
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message of a machine without CUDA")
 def test_cuda_asked_for_without_cuda_is_reported(dicom_folder: Path) -> None:
     result = infer(str(dicom_folder / "xray"), "--device", "cuda")
     assert result.exit_code == 1 and "CUDA is not available" in result.stderr

@@ -132,7 +132,9 @@ def check_device_available(device: str | torch.device) -> torch.device:
             )
         count = torch.cuda.device_count()
         if target.index is not None and target.index >= count:
-            raise ValueError(f"device {str(device)!r} does not exist: this machine has {count} GPU(s)")
+            raise ValueError(
+                f"device {str(device)!r} does not exist: this machine has {count} GPU(s)"
+            )
     return target
 
 
