@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 
 from ortho_node.model.encoder import EncoderOutput
 from ortho_node.model.engine import EncodingError
-from ortho_node.model.findings import ImageRef, Laterality, OutcomeStatus
+from ortho_node.model.findings import Laterality, OutcomeStatus
 from ortho_node.model.heads import HeadSpec
 from ortho_node.model.pixels import (
     UnsupportedImageError,
@@ -156,10 +156,6 @@ class ModelInput:
     """The engine's answer to come, once the input was prepared and submitted."""
     problem: Problem | None = None
     encoded: EncoderOutput | None = None
-
-    @property
-    def images(self) -> tuple[ImageRef, ...]:
-        return tuple(item.image for item in self.slices)
 
     def fail(self, problem: Problem) -> None:
         self.problem = problem
