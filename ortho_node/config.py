@@ -249,6 +249,9 @@ class WorkerSettings(_Section):
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(20.0, ge=0)
     compile: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast only where the device computes bf16 natively (CUDA, AMX CPUs)"
+    )
     embedded: bool = Field(True, description="serve starts a worker process itself")
     job_lease_s: float = Field(900.0, gt=0, description="a running job silent this long is requeued")
     max_attempts: int = Field(3, ge=1)

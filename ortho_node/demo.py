@@ -76,7 +76,12 @@ def _demo_config(var_dir: Path, node_port: int, pacs_port: int, pacs_ae: str) ->
         "var_dir": str(var_dir.resolve()),
         "log_level": "WARNING",
         "assembler_interval_s": 0.5,
-        "dimse": {"ae_title": "ORTHO", "host": "127.0.0.1", "port": node_port},
+        "dimse": {
+            "ae_title": "ORTHO",
+            "host": "127.0.0.1",
+            "port": node_port,
+            "allowed_callers": [{"ae_title": "DEMOMODALITY", "hosts": ["127.0.0.1"]}],
+        },
         "stable_age": {"default_s": 2.0, "per_modality": {"CR": 2.0, "DX": 2.0, "MR": 3.0}},
         "destinations": [{"kind": "dimse", "name": "demo-pacs", "ae_title": pacs_ae, "host": "127.0.0.1", "port": pacs_port}],
     }
@@ -158,7 +163,7 @@ def _print_report(node: Node, studies: list[DemoStudy], pacs: DemoPacs, console:
     for item in studies:
         job = jobs.get(item.study.study_instance_uid)
         table = Table(title=f"{item.title} — ground truth: {_truth(item.study)}", title_justify="left")
-        for column in ("task", "side", "result", "probability"):
+        for column in ("task", "side", "result", "probability / reason"):
             table.add_column(column)
         if job is None:
             console.print(f"[red]{item.title}: no job[/red]")
@@ -167,7 +172,8 @@ def _print_report(node: Node, studies: list[DemoStudy], pacs: DemoPacs, console:
         for finding in summary.get("findings", []):
             table.add_row(finding["title"], finding["side"] or "", finding["result"], f"{finding['probability']:.2f}")
         for outcome in summary.get("not_evaluated", []):
-            table.add_row(outcome["task"], outcome["side"] or "", f"[yellow]{outcome['status']}[/yellow]", outcome["reason"])
+            status = outcome["status"].replace("_", " ")
+            table.add_row(outcome.get("title") or outcome["task"], outcome["side"] or "", f"[yellow]{status}[/yellow]", outcome["reason"])
         if summary.get("out_of_scope"):
             table.add_row("(study)", "", "[yellow]out of scope[/yellow]", summary["out_of_scope"])
         if job.state != JobState.DONE.value:
@@ -175,11 +181,12 @@ def _print_report(node: Node, studies: list[DemoStudy], pacs: DemoPacs, console:
         console.print(table)
         if summary.get("model"):
             console.print(f"  model: {summary['model']}" + (" — synthetic, not for clinical use" if summary.get("synthetic_model") else ""))
-    delivered = Table(title="Delivered to the stand-in PACS (DEMOPACS)", title_justify="left")
+    delivered = Table(title=f"Delivered to the stand-in PACS (DEMOPACS), files in {pacs.folder}", title_justify="left")
     for column in ("object", "series", "file"):
         delivered.add_column(column)
-    for obj in pacs.received:
+    titles = {item.study.study_instance_uid: item.title for item in studies}
+    for obj in sorted(pacs.received, key=lambda o: (titles.get(o.study_instance_uid, ""), o.modality)):
         kind = kinds.get(obj.path.stem.split("_", 1)[1], obj.modality)
-        delivered.add_row(str(kind).upper(), obj.series_description, str(obj.path))
+        delivered.add_row(f"{str(kind).upper()} for {titles.get(obj.study_instance_uid, 'study')}", obj.series_description, obj.path.name)
     console.print(delivered)
     console.print(f"Look at them with any DICOM viewer, or: dcsrdump {pacs.folder}/SR_*.dcm")

@@ -11,6 +11,7 @@ import logging
 import threading
 
 from celery import Celery
+from celery.signals import worker_shutdown
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
@@ -64,6 +65,13 @@ class NodeCelery(Celery):
             enable_utc=True,
         )
         register_tasks(self)
+        worker_shutdown.connect(lambda **_: self.close_worker_context(), weak=False)
+
+    def close_worker_context(self) -> None:
+        with self._context_lock:
+            if self._context is not None:
+                self._context.close()
+                self._context = None
 
     def worker_context(self) -> WorkerContext:
         """The process-wide context, built on first use (in the worker, not at import)."""
@@ -85,6 +93,7 @@ def build_analysis_step(context: WorkerContext) -> JobStep:
         max_batch=worker.max_batch,
         max_wait_ms=worker.max_wait_ms,
         compile=worker.compile,
+        precision=worker.precision,
     )
     return AnalyseStudyStep(settings=context.settings, db=context.db, store=context.store, analyser=analyser)
 

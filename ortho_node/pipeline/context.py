@@ -32,3 +32,12 @@ class WorkerContext:
             if self._step is None:
                 self._step = self.build_step(self)
             return self._step
+
+    def close(self) -> None:
+        """Release what the step holds (the model engine) and the database pool."""
+        with self._lock:
+            close = getattr(self._step, "close", None)
+            if close is not None:
+                close()
+            self._step = None
+        self.db.dispose()

@@ -35,6 +35,8 @@ class StudyAnalyser(Protocol):
 
     def analyse(self, datasets: Sequence[Dataset], *, study_instance_uid: str) -> StudyFindings: ...
 
+    def close(self) -> None: ...
+
 
 def read_instances(store: InstanceStore, instances: Sequence[JobInstance]) -> list[Dataset]:
     """Open the job's stored instances (headers now, pixels on demand)."""
@@ -68,7 +70,13 @@ def summarise(findings: StudyFindings, *, results: dict[str, int], revision: int
             for f in findings.findings
         ],
         "not_evaluated": [
-            {"task": o.task, "status": o.status.value, "reason": o.reason, "side": o.laterality.value if o.laterality else None}
+            {
+                "task": o.task,
+                "title": o.title,
+                "status": o.status.value,
+                "reason": o.reason,
+                "side": o.laterality.value if o.laterality else None,
+            }
             for o in findings.not_evaluated
         ],
         "results": results,
@@ -83,6 +91,9 @@ class AnalyseStudyStep:
         self._db = db
         self._store = store
         self._analyser = analyser
+
+    def close(self) -> None:
+        self._analyser.close()
 
     def __call__(self, job: ClaimedJob) -> dict:
         if not job.instances:

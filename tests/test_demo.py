@@ -1,0 +1,32 @@
+"""``ortho-node demo``: the README's main job, end to end on embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.infer_support import fixture_bundle_dir
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_demo_processes_generated_studies_and_delivers_sr_and_sc(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_")}
+    env["ORTHO_WORKER__BUNDLE"] = str(fixture_bundle_dir())  # fast; the shipped demo bundle is tested elsewhere
+    done = subprocess.run(
+        [sys.executable, "-m", "ortho_node.cli", "demo", "--var-dir", str(tmp_path / "var"), "--seed", "11"],
+        env=env, capture_output=True, text=True, timeout=580, cwd=tmp_path,
+    )
+    out = done.stdout
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for title in ("Bilateral knee radiographs", "Knee MRI", "Chest radiograph (not a knee)"):
+        assert title in out
+    assert "Kellgren-Lawrence grade" in out and "ACL injury" in out
+    assert "out of scope" in out
+    assert "not for clinical use" in out
+    pacs = list((tmp_path / "var" / "demo" / "run-11" / "pacs").glob("*.dcm"))
+    kinds = sorted(p.name.split("_", 1)[0] for p in pacs)
+    assert kinds.count("SR") == 3 and kinds.count("OT") >= 2, kinds
