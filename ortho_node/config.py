@@ -276,7 +276,7 @@ class Settings(BaseSettings):
 
     var_dir: Path = Field(Path("var"), description="store, embedded databases and results live here")
     database_url: SecretStr | None = Field(None, description="default: sqlite:///<var_dir>/index.sqlite")
-    broker_url: SecretStr | None = Field(None, description="default: sqla+sqlite:///<var_dir>/broker.sqlite")
+    broker_url: SecretStr | None = Field(None, description="default: orthosqla+sqlite:///<var_dir>/broker.sqlite")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     dimse: DimseSettings = DimseSettings()
     http: HttpSettings = HttpSettings()
@@ -336,11 +336,12 @@ class Settings(BaseSettings):
     def effective_broker_url(self) -> str:
         if self.broker_url is not None:
             return self.broker_url.get_secret_value()
-        return f"sqla+sqlite:///{(self.var_dir / 'broker.sqlite').resolve()}"
+        # kombu's SQLAlchemy transport with faster polling (ortho_node.pipeline.embedded_broker)
+        return f"orthosqla+sqlite:///{(self.var_dir / 'broker.sqlite').resolve()}"
 
     @property
     def broker_is_embedded(self) -> bool:
-        return self.effective_broker_url.startswith("sqla+sqlite")
+        return "+sqlite:" in self.effective_broker_url
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

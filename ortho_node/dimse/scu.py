@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +57,18 @@ def _status_outcome(path: Path, status: int) -> SendOutcome:
     return SendOutcome(path, ok=False, transient=transient, detail=f"C-STORE failed with status 0x{status:04X}")
 
 
-def send_files(destination: DimseDestination, paths: Sequence[Path], *, calling_ae_title: str, timeout_s: float = 60) -> list[SendOutcome]:
+def send_files(
+    destination: DimseDestination,
+    paths: Sequence[Path],
+    *,
+    calling_ae_title: str,
+    timeout_s: float = 60,
+    on_outcome: Callable[[SendOutcome], None] | None = None,
+) -> list[SendOutcome]:
     """C-STORE each file to ``destination`` over one association.
+
+    ``on_outcome`` is called as soon as each object's response arrives (so a crash mid-batch
+    does not forget what was already delivered).
 
     Raises
     ------
@@ -99,6 +109,8 @@ def send_files(destination: DimseDestination, paths: Sequence[Path], *, calling_
             if not outcome.ok:
                 log.warning("C-STORE of %s to %s: %s", uid_ref(str(ds.SOPInstanceUID)), destination.name, outcome.detail)
             outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
     finally:
         if assoc.is_established:
             assoc.release()

@@ -154,6 +154,8 @@ class EngineStats:
         Batches that failed as a whole and were re-run request by request.
     largest_batch : int
         Most images in one forward pass.
+    forward_seconds : float
+        Wall time spent in successful encoder forward passes.
     recent_batch_sizes : tuple of int
         Images per forward pass, for the last 1024 passes, oldest first.
     recent_batch_requests : tuple of int
@@ -166,6 +168,7 @@ class EngineStats:
     failed_requests: int
     isolation_reruns: int
     largest_batch: int
+    forward_seconds: float
     recent_batch_sizes: tuple[int, ...]
     recent_batch_requests: tuple[int, ...]
 
@@ -271,6 +274,7 @@ class InferenceEngine:
         self._closing = False
         self._counts = collections.Counter[str]()
         self._largest_batch = 0
+        self._forward_seconds = 0.0
         self._recent_sizes: collections.deque[int] = collections.deque(maxlen=_RECENT_BATCHES)
         self._recent_requests: collections.deque[int] = collections.deque(maxlen=_RECENT_BATCHES)
         self._thread = threading.Thread(
@@ -387,6 +391,7 @@ class InferenceEngine:
                 failed_requests=self._counts["failed_requests"],
                 isolation_reruns=self._counts["isolation_reruns"],
                 largest_batch=self._largest_batch,
+                forward_seconds=self._forward_seconds,
                 recent_batch_sizes=tuple(self._recent_sizes),
                 recent_batch_requests=tuple(self._recent_requests),
             )
@@ -491,6 +496,7 @@ class InferenceEngine:
         if not live:
             return
         images = live[0].images if len(live) == 1 else torch.cat([s.images for s in live])
+        started = time.perf_counter()
         try:
             output = self._forward(images)
         except Exception as exc:  # noqa: BLE001 - the batching thread's boundary: never dies
@@ -503,7 +509,7 @@ class InferenceEngine:
                 return
             self._fail(live[0].request, EncodingError(f"the encoder failed: {exc}"), cause=exc)
             return
-        self._record_batch(images.shape[0], len(live))
+        self._record_batch(images.shape[0], len(live), time.perf_counter() - started)
         offset = 0
         for segment in live:
             count = segment.stop - segment.start
@@ -564,9 +570,10 @@ class InferenceEngine:
         with self._condition:
             self._counts[name] += 1
 
-    def _record_batch(self, images: int, requests: int) -> None:
+    def _record_batch(self, images: int, requests: int, seconds: float) -> None:
         with self._condition:
             self._counts["batches"] += 1
+            self._forward_seconds += seconds
             self._largest_batch = max(self._largest_batch, images)
             self._recent_sizes.append(images)
             self._recent_requests.append(requests)

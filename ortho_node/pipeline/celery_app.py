@@ -15,10 +15,11 @@ from celery.signals import worker_shutdown
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
+from ortho_node.pipeline import embedded_broker  # noqa: F401 - registers the 'orthosqla' kombu transport
 from ortho_node.pipeline import jobs
 from ortho_node.pipeline.context import JobStep, WorkerContext
 from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
-from ortho_node.pipeline.delivery import DELIVER_TASK, run_deliveries
+from ortho_node.pipeline.delivery import DELIVER_TASK, pending_for_job, run_deliveries
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
 from ortho_node.store import InstanceStore
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def _broker_transport_options(settings: Settings) -> dict:
     url = settings.effective_broker_url
-    if url.startswith("sqla+sqlite"):
+    if settings.broker_is_embedded:
         # Passed to create_engine by kombu: wait on a locked SQLite file instead of failing.
         return {"connect_args": {"timeout": 30}}
     if url.startswith(("redis://", "rediss://")):
@@ -134,6 +135,9 @@ def register_tasks(app: NodeCelery) -> None:
             jobs.fail(context.db, job_id, f"unexpected error: {type(exc).__name__}: {exc}")
             return "failed"
         jobs.complete(context.db, job_id, summary)
+        # First delivery attempt right here, in the same worker: no second trip through the
+        # broker. Retries, backoff and dead letters stay with the outbox (delivery.py).
+        run_deliveries(context.db, context.settings, pending_for_job(context.db, job_id))
         return "done"
 
     @app.task(name=DELIVER_TASK, bind=True, acks_late=True)

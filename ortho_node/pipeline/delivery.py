@@ -34,11 +34,14 @@ from ortho_node.pipeline.stow import store_files
 log = logging.getLogger(__name__)
 
 DELIVER_TASK = "ortho.deliver"
-Transport = Callable[[DimseDestination | StowDestination, Sequence[Path], Settings], list[SendOutcome]]
+OutcomeCallback = Callable[[SendOutcome], None]
+Transport = Callable[[DimseDestination | StowDestination, Sequence[Path], Settings, OutcomeCallback], list[SendOutcome]]
 
 TRANSPORTS: dict[str, Transport] = {
-    "dimse": lambda dest, paths, settings: send_files(dest, paths, calling_ae_title=settings.dimse.ae_title),
-    "stow": lambda dest, paths, settings: store_files(dest, paths),
+    "dimse": lambda dest, paths, settings, done: send_files(
+        dest, paths, calling_ae_title=settings.dimse.ae_title, on_outcome=done
+    ),
+    "stow": lambda dest, paths, settings, done: store_files(dest, paths),
 }
 
 
@@ -73,6 +76,18 @@ def due_batches(db: Database, *, republish_after: dt.timedelta, now: dt.datetime
     for delivery_id, job_id, destination in rows:
         batches[(job_id, destination)].append(delivery_id)
     return list(batches.values())
+
+
+def pending_for_job(db: Database, job_id: int) -> list[int]:
+    """The job's deliveries still waiting for their first attempt."""
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(Delivery.id)
+                .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING.value, Delivery.attempts == 0)
+                .order_by(Delivery.id)
+            )
+        )
 
 
 def mark_published(db: Database, delivery_ids: Sequence[int]) -> None:
@@ -116,18 +131,27 @@ def run_deliveries(db: Database, settings: Settings, delivery_ids: Sequence[int]
     for item in claimed:
         by_destination[item.destination].append(item)
     for name, items in by_destination.items():
+        by_path = {item.path: item for item in items}
+        recorded: set[Path] = set()
+
+        def record(outcome: SendOutcome) -> None:
+            item = by_path.get(outcome.path)
+            if item is not None and outcome.path not in recorded:
+                recorded.add(outcome.path)
+                counts[_record(db, settings, item, outcome)] += 1
+
         destination = _destination(settings, name)
         if destination is None:
             outcomes = [SendOutcome(i.path, ok=False, detail=f"destination {name!r} is no longer configured") for i in items]
         else:
             try:
-                outcomes = TRANSPORTS[destination.kind](destination, [i.path for i in items], settings)
+                outcomes = TRANSPORTS[destination.kind](destination, [i.path for i in items], settings, record)
             except DestinationUnavailable as exc:
                 outcomes = [SendOutcome(i.path, ok=False, transient=exc.transient, detail=str(exc)) for i in items]
             except (OSError, ValueError) as exc:  # a result file that cannot be read or encoded
                 outcomes = [SendOutcome(i.path, ok=False, detail=f"{type(exc).__name__}: {exc}") for i in items]
-        for item, outcome in zip(items, outcomes):
-            counts[_record(db, settings, item, outcome)] += 1
+        for outcome in outcomes:
+            record(outcome)  # those not reported as they happened
     if claimed:
         log.info("delivery batch: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     return counts

@@ -8,6 +8,7 @@ PHI-free summary that is stored on the job and shown by ``status``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -98,8 +99,13 @@ class AnalyseStudyStep:
     def __call__(self, job: ClaimedJob) -> dict:
         if not job.instances:
             raise PermanentJobError("the job has no analysable instance left to process")
+        clock = _Stopwatch()
         datasets = read_instances(self._store, job.instances)
+        clock.lap("read")
+        forward_before = self._forward_seconds()
         findings = self._analyser.analyse(datasets, study_instance_uid=job.study_instance_uid)
+        clock.lap("analyse")
+        clock.laps["model_forward"] = self._forward_seconds() - forward_before
         heartbeat(self._db, job.job_id)
         previous = previous_report(self._db, job.study_id, job.study_instance_uid, exclude_job_id=job.job_id)
         revision = previous.revision + 1 if previous else 0
@@ -110,6 +116,7 @@ class AnalyseStudyStep:
             predecessor=previous.reference if previous else None,
             include_key_objects=self._settings.delivery.include_key_objects,
         )
+        clock.lap("build_results")
         record_results(
             self._db,
             self._settings,
@@ -118,6 +125,7 @@ class AnalyseStudyStep:
             revision=revision,
             objects=[(o.kind.value, o.dataset) for o in built],
         )
+        clock.lap("record_results")
         counts: dict[str, int] = {}
         for item in built:
             counts[item.kind.value] = counts.get(item.kind.value, 0) + 1
@@ -128,4 +136,22 @@ class AnalyseStudyStep:
             len(findings.not_evaluated),
             ", ".join(f"{n} {k}" for k, n in counts.items()) or "no result object",
         )
-        return summarise(findings, results=counts, revision=revision)
+        summary = summarise(findings, results=counts, revision=revision)
+        summary["timing_s"] = {name: round(seconds, 4) for name, seconds in clock.laps.items()}
+        return summary
+
+    def _forward_seconds(self) -> float:
+        """Encoder time so far (the engine's counter; shared by concurrent jobs, so approximate then)."""
+        engine = getattr(self._analyser, "engine", None)
+        return engine.stats().forward_seconds if engine is not None else 0.0
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now

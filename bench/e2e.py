@@ -1,0 +1,174 @@
+"""End-to-end latency: last instance received -> SR stored in a real Orthanc PACS.
+
+For a 1-image knee X-ray study and a 30-slice knee MRI series, sent with DCMTK storescu to
+``ortho-node serve`` (embedded defaults, or ``--broker redis``), with a real Orthanc as the
+result destination, prints the timeline of each study:
+
+  stable-age wait   last instance -> job created (the configured quiet period; reported apart)
+  queue             job created -> worker started (outbox publish + broker + Celery pick-up)
+  read              worker opens the stored instances
+  model forward     encoder forward passes (the engine's own timer)
+  analyse (rest)    decode, preprocess, heads, explanation maps
+  build results     SR + Secondary Capture construction (highdicom, rendering)
+  record + deliver  results written, delivery queued, C-STORE to Orthanc acknowledged
+
+and the pipeline overhead = everything but the model forward, as a fraction of the total
+(stable-age wait excluded). Target: <= 20 % on CPU with a ViT-S bundle.
+
+The default bundle is a *benchmark* bundle: ViT-S/16 DINOv3 architecture at 224 px with random
+weights and heads flagged trained so every step runs. Timing only; its answers mean nothing.
+
+Usage: ``bench/e2e [--repeats 3] [--broker embedded|redis] [--bundle DIR] [--arch ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import select  # noqa: E402
+
+from ortho_node.db.models import Delivery, Instance, Job, StoredResult, Study  # noqa: E402
+from ortho_node.model.bundle import Provenance, save_bundle  # noqa: E402
+from ortho_node.model.encoder import build_encoder  # noqa: E402
+from ortho_node.model.heads import create_head  # noqa: E402
+from ortho_node.phantoms import MRPhantomSpec, XrayPhantomSpec, write_knee_study  # noqa: E402
+from tests.support.orthanc import Orthanc  # noqa: E402
+from tests.support.peers import NodeProcess, RedisServer, node_config, storescu  # noqa: E402
+
+HEADS = ("kl_grade", "oa_present", "acl", "meniscus")
+
+
+def benchmark_bundle(out: Path, arch: str) -> Path:
+    if (out / "manifest.json").exists():
+        return out
+    torch.manual_seed(0)
+    encoder = build_encoder(arch, img_size=224)
+    heads = {name: create_head(name, embed_dim=encoder.embed_dim) for name in HEADS}
+    return save_bundle(
+        out, encoder=encoder, heads=heads, trained=HEADS, name=f"benchmark-{arch}", version="0.0.0-bench",
+        provenance=Provenance(training_data="BENCHMARK ONLY: random weights, timing, never use", synthetic=True),
+        license="benchmark only", input_size=(224, 224),
+    )
+
+
+def timeline(node: NodeProcess, study_uid: str) -> dict[str, float]:
+    db = node.index()
+    try:
+        with db.session() as s:
+            study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one()
+            last = max(s.scalars(select(Instance.received_at).where(Instance.study_id == study.id)))
+            job = s.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id)).one()
+            sr_sent = s.scalar(
+                select(Delivery.sent_at)
+                .join(StoredResult, Delivery.result_id == StoredResult.id)
+                .where(StoredResult.job_id == job.id, StoredResult.kind == "sr")
+            )
+            timing = dict(job.summary["timing_s"])
+            stamps = (job.created_at, job.started_at, job.finished_at, sr_sent)
+    finally:
+        db.dispose()
+    created, started, finished, sent = ((t - last).total_seconds() for t in stamps)
+    step = finished - started
+    accounted = sum(timing.values())
+    return {
+        "stable-age wait": created,
+        "queue": started - created,
+        "read": timing["read"],
+        "model forward": timing["model_forward"],
+        "analyse (rest)": timing["analyse"] - timing["model_forward"],
+        "build results": timing["build_results"],
+        "record + deliver": timing["record_results"] + max(0.0, step - accounted) + (sent - finished),
+        "total": sent,
+    }
+
+
+def wait_for_sr(node: NodeProcess, study_uid: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        db = node.index()
+        try:
+            with db.session() as s:
+                sent = s.scalar(
+                    select(Delivery.id)
+                    .join(StoredResult, Delivery.result_id == StoredResult.id)
+                    .join(Study, StoredResult.study_id == Study.id)
+                    .where(Study.study_instance_uid == study_uid, StoredResult.kind == "sr", Delivery.sent_at.is_not(None))
+                )
+        finally:
+            db.dispose()
+        if sent:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no SR delivered:\n{node.log()[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--broker", choices=("embedded", "redis"), default="embedded")
+    parser.add_argument("--bundle", type=Path, default=None, help="bundle to use (default: ViT-S benchmark bundle)")
+    parser.add_argument("--arch", default="vit_small_patch16_dinov3")
+    parser.add_argument("--stable-age", type=float, default=2.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ortho-e2e-"))
+    bundle = args.bundle or benchmark_bundle(REPO / "bench" / "out" / f"bundle-{args.arch}", args.arch)
+    redis = RedisServer(work / "redis").start() if args.broker == "redis" else None
+    orthanc = Orthanc(work / "orthanc").start()
+    config = node_config(
+        work / "node",
+        log_level="WARNING",
+        assembler_interval_s=0.1,
+        stable_age={"default_s": args.stable_age, "per_modality": {"DX": args.stable_age, "MR": args.stable_age}},
+        worker={"bundle": str(bundle)},
+        destinations=[{"kind": "dimse", "name": "orthanc", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        **({"broker_url": redis.url} if redis else {}),
+    )
+    node = NodeProcess(work / "node", config).start()
+    cases = {
+        "X-ray, 1 image": lambda seed: write_knee_study(work / f"x{seed}", seed=seed, xrays=[XrayPhantomSpec(kl_grade=2, side="L")]),
+        "MRI, 30 slices": lambda seed: write_knee_study(work / f"m{seed}", seed=seed, mr_series=[MRPhantomSpec(slices=30)]),
+    }
+    try:
+        # One throw-away study first: the worker loads the bundle on its first job.
+        warm = cases["X-ray, 1 image"](999)
+        storescu(node.port, [f.path for f in warm.files])
+        wait_for_sr(node, warm.study_instance_uid)
+        print(f"bundle: {bundle.name}; broker: {args.broker}; stable age {args.stable_age} s; {torch.get_num_threads()} CPU threads")
+        for name, make in cases.items():
+            runs = []
+            for repeat in range(args.repeats):
+                study = make(1000 * (1 + list(cases).index(name)) + repeat)
+                run = storescu(node.port, [f.path for f in study.files])
+                if run.returncode != 0:
+                    raise RuntimeError(run.output[-2000:])
+                wait_for_sr(node, study.study_instance_uid)
+                runs.append(timeline(node, study.study_instance_uid))
+            median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            processing = median["total"] - median["stable-age wait"]
+            overhead = processing - median["model forward"]
+            print(f"\n{name} (median of {args.repeats})")
+            for key, seconds in median.items():
+                share = "" if key in ("total", "stable-age wait") else f"{100 * seconds / processing:6.1f} %"
+                print(f"  {key:<18} {seconds:8.3f} s {share}")
+            print(f"  pipeline overhead  {overhead:8.3f} s = {100 * overhead / processing:.1f} % of {processing:.3f} s (target <= 20 %)")
+    finally:
+        node.stop()
+        orthanc.stop()
+        if redis:
+            redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
