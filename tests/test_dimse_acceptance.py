@@ -90,8 +90,11 @@ def test_same_study_with_celery_over_redis_and_the_index_on_postgresql(
     redis_server, postgres_url, node_factory, multiseries_study, tmp_path
 ):
     # (fixture order matters: the node is stopped before its database is dropped)
-    node = node_factory(broker_url=redis_server.url, database_url=postgres_url).start()
+    # Production layout: serve without a worker, plus two separate `ortho-node worker` processes.
+    node = node_factory(broker_url=redis_server.url, database_url=postgres_url, worker={"embedded": False}).start()
+    workers = [node.start_worker(), node.start_worker()]
     _send_and_check(node, multiseries_study, tmp_path)
+    assert all(worker.poll() is None for worker in workers), "workers keep running"
     import redis
 
     broker = redis.Redis(host="127.0.0.1", port=redis_server.port)

@@ -116,6 +116,7 @@ class NodeProcess:
         self.config_path = workdir / "ortho.yaml"
         self.log_path = workdir / "serve.log"
         self.process: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config))
 
@@ -141,6 +142,16 @@ class NodeProcess:
                 raise RuntimeError(f"node did not start:\n{self.log()}") from exc
         return self
 
+    def start_worker(self) -> subprocess.Popen:
+        """A separate ``ortho-node worker`` process on this node's config (production layout)."""
+        log = open(self.workdir / f"worker{len(self.workers)}.log", "ab")  # noqa: SIM115
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "ortho_node.cli", "worker"],
+            cwd=self.workdir, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.workers.append(worker)
+        return worker
+
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run another ``ortho-node`` command against this node's config."""
         return subprocess.run(
@@ -155,6 +166,14 @@ class NodeProcess:
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
