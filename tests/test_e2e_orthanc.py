@@ -5,6 +5,7 @@ them in Orthanc in the same study. Also: results routed back to the node are not
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from ortho_node.db.models import JobState
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
 from tests.support.orthanc import Orthanc
+from tests.support.studies import send_with_storescu
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.timeout(600)]
 
@@ -77,5 +79,41 @@ def test_orthanc_push_comes_back_as_sr_and_sc_in_the_same_study(node_factory, tm
         time.sleep(6)  # well past the stable age
         jobs = node.wait_for_jobs(lambda js: True)
         assert len(jobs) == 1, "the node's own results must not trigger a new job"
+    finally:
+        orthanc.stop()
+
+
+def test_pacs_down_dead_letters_shown_by_status_and_resend_delivers_once(node_factory, tmp_path, knee_study):
+    orthanc = Orthanc(tmp_path / "orthanc")
+    node = node_factory(
+        destinations=[{"kind": "dimse", "name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        delivery={"max_attempts": 2, "backoff_initial_s": 1, "backoff_max_s": 2, "include_key_objects": True},
+    ).start()
+    for run in send_with_storescu(node.port, knee_study.files):
+        assert run.returncode == 0
+    node.wait_for_jobs(lambda js: js and js[0].state == JobState.DONE.value)
+
+    def dead_letters():
+        status = node.cli("status", "--json")
+        data = json.loads(status.stdout)
+        return data["dead_letters"] if data["deliveries_by_state"]["dead"] and not data["deliveries_by_state"]["pending"] else None
+
+    dead = wait_for(dead_letters, timeout=60)
+    assert {d["destination"] for d in dead} == {"pacs"}
+    assert all("gave up after 2 attempts" in d["last_error"] for d in dead)
+    human = node.cli("status").stdout
+    assert "dead-lettered deliveries" in human and knee_study.study_instance_uid not in human
+
+    orthanc.start()
+    try:
+        resent = node.cli("resend", "--destination", "pacs")
+        assert resent.returncode == 0 and f"{len(dead)} deliveries queued again" in resent.stdout
+        found = wait_for(lambda: (r := results_in(orthanc, knee_study.study_instance_uid)).get(SR) and len(sum(r.values(), [])) == len(dead) and r)
+        assert len(found[SR]) == 1 and "1.2.840.10008.5.1.4.1.1.88.59" in found, "SR, SCs and the KOS arrive once"
+        again = node.cli("resend", "--all")
+        assert again.returncode == 0
+        time.sleep(5)
+        after = results_in(orthanc, knee_study.study_instance_uid)
+        assert sum(len(v) for v in after.values()) == len(dead), "re-sending everything leaves one copy of each"
     finally:
         orthanc.stop()
