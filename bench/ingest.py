@@ -111,6 +111,38 @@ class StoreScp:
             self.process.wait()
 
 
+NULL_SCP = """
+import sys
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+sys.path.insert(0, {repo!r})
+from ortho_node.dimse.scp import ACCEPTED_TRANSFER_SYNTAXES
+ae = AE("ORTHO"); ae.maximum_pdu_size = 0; ae.maximum_associations = 32
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+ae.start_server(("127.0.0.1", {port}), block=True, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+"""
+
+
+class NullPynetdicom:
+    """pynetdicom with a handler that stores nothing: the framework's own per-instance cost."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def reset(self) -> None:
+        self.stop()
+        script = NULL_SCP.format(repo=str(REPO), port=self.port)
+        self.process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, process=self.process)
+        time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
+
+
 class Node:
     def __init__(self, workdir: Path, poll_delay: float) -> None:
         self.workdir = workdir
@@ -152,10 +184,15 @@ def main() -> None:
 
     poll_delay = DimseSettings().idle_poll_delay_s if args.poll_delay is None else args.poll_delay
     work = Path(tempfile.mkdtemp(prefix="ortho-bench-"))
-    receivers = {"storescp": StoreScp(work), "ortho-node": Node(work / "node", poll_delay)}
+    receivers = {
+        "storescp": StoreScp(work),
+        "pynetdicom-null": NullPynetdicom(),
+        "ortho-node": Node(work / "node", poll_delay),
+    }
     print(f"\nnode: fsync + link + committed SQLite row per instance; dimse.idle_poll_delay_s={poll_delay}")
-    print("storescp: DCMTK 'storescp +xa -od DIR' (no fsync; one association at a time)\n")
-    header = f"{'data':<20} {'assoc':>5} {'receiver':<11} {'seconds':>8} {'images/s':>9} {'MB/s':>8} {'node/storescp':>14}"
+    print("storescp: DCMTK 'storescp +xa -od DIR' (no fsync; one association at a time)")
+    print("pynetdicom-null: pynetdicom SCP whose C-STORE handler returns 0x0000 and stores nothing\n")
+    header = f"{'data':<20} {'assoc':>5} {'receiver':<16} {'seconds':>8} {'images/s':>9} {'MB/s':>8} {'vs storescp':>12}"
     print(header)
     print("-" * len(header))
     try:
@@ -169,17 +206,17 @@ def main() -> None:
                         samples.append(send(receiver.port, data.files, parallel))
                     times[name] = statistics.median(samples)
                 for name, seconds in times.items():
-                    ratio = times["storescp"] / times["ortho-node"] if name == "ortho-node" else None
+                    ratio = times["storescp"] / seconds if name != "storescp" else None
                     print(
-                        f"{data.name:<20} {parallel:>5} {name:<11} {seconds:>8.3f} {len(data.files) / seconds:>9.1f} "
-                        f"{data.megabytes / seconds:>8.1f} {'' if ratio is None else f'{ratio:.2f}x':>14}",
+                        f"{data.name:<20} {parallel:>5} {name:<16} {seconds:>8.3f} {len(data.files) / seconds:>9.1f} "
+                        f"{data.megabytes / seconds:>8.1f} {'' if ratio is None else f'{ratio:.2f}x':>12}",
                         flush=True,
                     )
     finally:
         for receiver in receivers.values():
             receiver.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print("\nratio = node throughput / storescp throughput (targets: >= 0.5x MR, >= 0.8x DX)")
+    print("\nratio = throughput / storescp throughput (node targets: >= 0.5x MR, >= 0.8x DX)")
 
 
 if __name__ == "__main__":
