@@ -21,8 +21,10 @@ from ortho_node.config import CONFIG_ENV_VAR, Settings, describe_validation_erro
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI node for musculoskeletal imaging (PACS in, DICOM SR/SC out).")
 db_app = typer.Typer(no_args_is_help=True, help="Index database.")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: list, audit trail, retry, cancel.")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(jobs_app, name="jobs")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -264,6 +266,83 @@ def db_upgrade(
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
     typer.echo("index database is at the latest revision")
+
+
+def _index(var_dir: Optional[Path], database_url: Optional[str]):
+    from ortho_node.db.engine import Database
+
+    settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
+    return Database(settings.effective_database_url)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: Optional[str] = typer.Option(None, help="Only jobs in this state (queued, running, done, failed, ...)."),
+    limit: int = typer.Option(50, help="Newest first, at most this many."),
+    as_json: bool = typer.Option(False, "--json"),
+    var_dir: Optional[Path] = typer.Option(None),
+    database_url: Optional[str] = typer.Option(None, "--database"),
+) -> None:
+    """Recent jobs (studies appear as short hashes, no PHI)."""
+    from dataclasses import asdict
+
+    from ortho_node.pipeline.admin import list_jobs
+
+    lines = list_jobs(_index(var_dir, database_url), state=state, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([asdict(line) for line in lines], indent=2))
+        return
+    table = Table(title="jobs")
+    for column in ("job", "study", "state", "revision", "attempts", "created", "reason"):
+        table.add_column(column)
+    for line in lines:
+        table.add_row(str(line.job_id), line.study, line.state, str(line.revision), str(line.attempts), line.created_at, line.reason or "")
+    console.print(table)
+
+
+@jobs_app.command("events")
+def jobs_events(
+    job_id: int,
+    var_dir: Optional[Path] = typer.Option(None),
+    database_url: Optional[str] = typer.Option(None, "--database"),
+) -> None:
+    """The audit trail of one job."""
+    from ortho_node.pipeline.admin import JobActionError, job_events
+
+    try:
+        events = job_events(_index(var_dir, database_url), job_id)
+    except JobActionError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    table = Table(title=f"job {job_id}")
+    for column in ("at", "event", "detail"):
+        table.add_column(column)
+    for event in events:
+        table.add_row(event.at, f"[red]{event.kind}[/red]" if event.is_error else event.kind, event.detail or "")
+    console.print(table)
+
+
+def _job_action(action: str, job_id: int, var_dir: Optional[Path], database_url: Optional[str]) -> None:
+    from ortho_node.pipeline import admin
+
+    try:
+        getattr(admin, f"{action}_job")(_index(var_dir, database_url), job_id, actor=f"cli:{os.environ.get('USER', 'admin')}")
+    except admin.JobActionError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    typer.echo(f"job {job_id}: {action} done")
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: int, var_dir: Optional[Path] = typer.Option(None), database_url: Optional[str] = typer.Option(None, "--database")) -> None:
+    """Queue a failed or cancelled job again."""
+    _job_action("retry", job_id, var_dir, database_url)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: int, var_dir: Optional[Path] = typer.Option(None), database_url: Optional[str] = typer.Option(None, "--database")) -> None:
+    """Cancel a job that has not started."""
+    _job_action("cancel", job_id, var_dir, database_url)
 
 
 @config_app.command("show")
