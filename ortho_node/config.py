@@ -129,11 +129,16 @@ class DimseSettings(_Section):
 
 
 class HttpSettings(_Section):
-    """The HTTP API (DICOMweb, admin, /metrics)."""
+    """HTTP: ``/healthz``, ``/metrics`` (Prometheus) and the admin API under ``/api``.
+
+    Without ``admin_token`` the server must listen on a loopback address (checked at start-up);
+    with it, admin routes need ``Authorization: Bearer <token>``.
+    """
 
     host: str = "127.0.0.1"
-    port: int = Field(8042, ge=1, le=65535)
+    port: int = Field(8090, ge=1, le=65535)
     enabled: bool = True
+    admin_token: SecretStr | None = None
 
 
 class StableAge(_Section):

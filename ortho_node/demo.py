@@ -82,6 +82,7 @@ def _demo_config(var_dir: Path, node_port: int, pacs_port: int, pacs_ae: str) ->
             "port": node_port,
             "allowed_callers": [{"ae_title": "DEMOMODALITY", "hosts": ["127.0.0.1"]}],
         },
+        "http": {"host": "127.0.0.1", "port": _free_port()},
         "stable_age": {"default_s": 2.0, "per_modality": {"CR": 2.0, "DX": 2.0, "MR": 3.0}},
         "destinations": [{"kind": "dimse", "name": "demo-pacs", "ae_title": pacs_ae, "host": "127.0.0.1", "port": pacs_port}],
     }

@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Mapping
 
+from prometheus_client import CollectorRegistry
+
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.db.migrate import upgrade
@@ -31,6 +33,9 @@ from ortho_node.pipeline.jobs import requeue_stale
 from ortho_node.pipeline.delivery import due_batches, requeue_stale_sending
 from ortho_node.pipeline.outbox import OutboxPublisher, delivery_message, due_jobs, job_message
 from ortho_node.store import InstanceStore
+from ortho_node.web.app import create_app
+from ortho_node.web.metrics import IndexCollector, IngestMetrics
+from ortho_node.web.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,7 @@ class Node:
         self._last_stale_check = 0.0
         self._threads: list[threading.Thread] = []
         self.scp: RunningScp | None = None
+        self.http: HttpServer | None = None
         self.worker: EmbeddedWorker | None = None
 
     def start(self) -> None:
@@ -107,7 +113,12 @@ class Node:
         self.assembler = Assembler(self.db, settings, load_rules(settings.routing))
         self.app = NodeCelery(settings)
         self.publisher = OutboxPublisher(self.app)
-        self.scp = start_scp(settings.dimse, self.ingest)
+        self.registry = CollectorRegistry()
+        self.registry.register(IndexCollector(self.db, settings.quarantine_dir))
+        if settings.http.enabled:  # built first: an unsafe HTTP setup stops start-up before any port opens
+            self.http = HttpServer(create_app(settings, self.db, self.registry), settings.http)
+            self.http.start()
+        self.scp = start_scp(settings.dimse, self.ingest, IngestMetrics(self.registry))
         if self._start_worker:
             self.worker = EmbeddedWorker(self._worker_env)
             self.worker.start()
@@ -126,6 +137,8 @@ class Node:
         self._stop.set()
         if self.scp is not None:
             self.scp.stop()
+        if self.http is not None:
+            self.http.stop()
         self._outbox_wakeup.set()
         for thread in self._threads:
             thread.join(timeout=10)

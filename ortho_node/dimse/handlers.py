@@ -9,7 +9,9 @@ A-ASSOCIATE-RJ before negotiation starts.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pynetdicom import evt
 from pynetdicom.events import Event
@@ -21,6 +23,9 @@ from ortho_node.ingest.indexer import IndexUnavailableError
 from ortho_node.ingest.service import IngestOutcome, IngestService, ReceivedInstance
 from ortho_node.privacy import uid_ref
 from ortho_node.store import StoreFullError, StoreWriteError
+
+if TYPE_CHECKING:
+    from ortho_node.web.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,7 @@ def handle_echo(event: Event) -> int:
     return EchoStatus.SUCCESS
 
 
-def handle_store(event: Event, ingest: IngestService) -> int:
+def handle_store(event: Event, ingest: IngestService, metrics: "IngestMetrics | None" = None) -> int:
     """C-STORE: make the instance durable and indexed, then answer.
 
     Returns
@@ -54,6 +59,14 @@ def handle_store(event: Event, ingest: IngestService) -> int:
           the request); ``0xC000`` cannot understand (unparseable); ``0x0110`` processing
           failure (unexpected error, traceback logged).
     """
+    started = time.perf_counter()
+    status = _store(event, ingest)
+    if metrics is not None:
+        metrics.observe(status, len(event.request.DataSet.getbuffer()), time.perf_counter() - started)
+    return status
+
+
+def _store(event: Event, ingest: IngestService) -> int:
     request = event.request
     peer = _peer(event)
     sop_ref = uid_ref(request.AffectedSOPInstanceUID)

@@ -83,14 +83,14 @@ def build_ae(settings: DimseSettings) -> AE:
     return ae
 
 
-def start_scp(settings: DimseSettings, ingest: IngestService) -> RunningScp:
+def start_scp(settings: DimseSettings, ingest: IngestService, metrics: object | None = None) -> RunningScp:
     """Start listening on ``settings.host:settings.port`` (port 0 picks a free port)."""
     if not settings.allowed_callers:
         log.warning("no allowed_callers configured: any calling AE title may send to this node")
     ae = build_ae(settings)
     evt_handlers = [
         (evt.EVT_C_ECHO, handlers.handle_echo),
-        (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
+        (evt.EVT_C_STORE, handlers.handle_store, [ingest, metrics]),
         (evt.EVT_REQUESTED, handlers.make_requested_handler(settings.allowed_callers)),
         (evt.EVT_CONN_OPEN, handlers.make_conn_open_handler(settings.idle_poll_delay_s)),
         *handlers.NOTIFICATION_LOGGERS,

@@ -1,1 +1,1 @@
-
+"""HTTP: health, Prometheus metrics, admin API."""

@@ -138,6 +138,8 @@ class NodeProcess:
         if wait:
             try:
                 wait_for_port(self.port, process=self.process, timeout=60)
+                if self.config.get("http", {}).get("enabled", True) and "port" in self.config.get("http", {}):
+                    wait_for_port(int(self.config["http"]["port"]), process=self.process, timeout=30)
             except Exception as exc:
                 raise RuntimeError(f"node did not start:\n{self.log()}") from exc
         return self
@@ -232,6 +234,7 @@ def node_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "log_level": "INFO",
         "assembler_interval_s": 0.3,
         "dimse": {"ae_title": "ORTHO", "host": "127.0.0.1", "port": free_port()},
+        "http": {"host": "127.0.0.1", "port": free_port()},
         "stable_age": {"default_s": 2.0, "per_modality": {"MR": 2.0, "DX": 2.0, "CR": 2.0}},
         "worker": {"job_lease_s": 60, "bundle": str(fixture_bundle_dir())},
     }
