@@ -36,7 +36,9 @@ from training.pretrain.dino import DINOHead, DINOLoss, MultiCropModel  # noqa: E
 from ortho_node.model.encoder import build_encoder  # noqa: E402
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...], seconds: float) -> float:
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...], seconds: float
+) -> float:
     """Best GFLOP/s over square matmuls of the given sizes."""
     best = 0.0
     for n in sizes:
@@ -64,18 +66,27 @@ def build_step(arch: str, batch: int, device: torch.device, precision: str):
     """A closure running one DINO pretraining step on synthetic crops."""
     config = PretrainConfig(arch=arch)  # recipe sizes: 224 / 98 px, 2 + 8 crops, 65,536 prototypes
     encoder = build_encoder(arch, img_size=config.global_crop_size).to(device)
-    head = DINOHead(encoder.embed_dim, config.out_dim, hidden_dim=config.head_hidden_dim,
-                    bottleneck_dim=config.head_bottleneck_dim).to(device)
+    head = DINOHead(
+        encoder.embed_dim,
+        config.out_dim,
+        hidden_dim=config.head_hidden_dim,
+        bottleneck_dim=config.head_bottleneck_dim,
+    ).to(device)
     student = MultiCropModel(encoder, head).train()
     teacher = copy.deepcopy(student).requires_grad_(False).eval()
-    loss_fn = DINOLoss(config.out_dim, n_global_crops=2, student_temp=0.1, center_momentum=0.9).to(device)
+    loss_fn = DINOLoss(config.out_dim, n_global_crops=2, student_temp=0.1, center_momentum=0.9).to(
+        device
+    )
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
     local = config.local_crop_size - config.local_crop_size % 16  # what the patch conv sees
-    globals_ = torch.randn(2 * batch, 3, config.global_crop_size, config.global_crop_size, device=device)
+    globals_ = torch.randn(
+        2 * batch, 3, config.global_crop_size, config.global_crop_size, device=device
+    )
     locals_ = torch.randn(8 * batch, 3, local, local, device=device)
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if precision == "bf16" else torch.autocast(device_type=device.type, enabled=False)
+        if precision == "bf16"
+        else torch.autocast(device_type=device.type, enabled=False)
     )
 
     def step() -> None:
@@ -96,7 +107,9 @@ def build_step(arch: str, batch: int, device: torch.device, precision: str):
     return step
 
 
-def measure_step(arch: str, batch: int, device: torch.device, precision: str, steps: int) -> tuple[float, float]:
+def measure_step(
+    arch: str, batch: int, device: torch.device, precision: str, steps: int
+) -> tuple[float, float]:
     """(images/s, achieved GFLOP/s) of the pretraining step."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -116,16 +129,22 @@ def measure_step(arch: str, batch: int, device: torch.device, precision: str, st
 
 
 def report(label: str, images_per_s: float, gflops: float, peak: float) -> None:
-    print(f"  {label:<38} {images_per_s:8.2f} images/s  {gflops:9.1f} GFLOP/s  "
-          f"({100 * gflops / peak:5.1f} % of the measured matmul peak {peak:.1f})")
+    print(
+        f"  {label:<38} {images_per_s:8.2f} images/s  {gflops:9.1f} GFLOP/s  "
+        f"({100 * gflops / peak:5.1f} % of the measured matmul peak {peak:.1f})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-batch", type=int, default=4, help="Images per step on CPU (ViT-S).")
-    parser.add_argument("--gpu-batch", type=int, default=32, help="Images per step on CUDA (ViT-L).")
+    parser.add_argument(
+        "--gpu-batch", type=int, default=32, help="Images per step on CUDA (ViT-L)."
+    )
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per configuration.")
-    parser.add_argument("--cpu-bf16", action="store_true", help="Also time ViT-S with bf16 autocast on CPU.")
+    parser.add_argument(
+        "--cpu-bf16", action="store_true", help="Also time ViT-S with bf16 autocast on CPU."
+    )
     parser.add_argument("--gpu-only", action="store_true", help="Skip the CPU figures.")
     args = parser.parse_args()
 
@@ -136,19 +155,27 @@ def main() -> None:
         peak16 = matmul_peak(cpu, torch.bfloat16, (512, 1024), 1.0)
         print(f"CPU matmul peak: fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
         print("CPU DINO pretraining step, ViT-S/16, 2x224 + 8x96 (98) crops, 65,536 prototypes:")
-        images, gflops = measure_step("vit_small_patch16_dinov3", args.cpu_batch, cpu, "fp32", args.steps)
+        images, gflops = measure_step(
+            "vit_small_patch16_dinov3", args.cpu_batch, cpu, "fp32", args.steps
+        )
         report(f"fp32, batch {args.cpu_batch}", images, gflops, peak32)
         if args.cpu_bf16:
-            images, gflops = measure_step("vit_small_patch16_dinov3", args.cpu_batch, cpu, "bf16", args.steps)
+            images, gflops = measure_step(
+                "vit_small_patch16_dinov3", args.cpu_batch, cpu, "bf16", args.steps
+            )
             report(f"bf16 autocast, batch {args.cpu_batch}", images, gflops, peak16)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         print(f"GPU: {torch.cuda.get_device_name(gpu)}")
         peak_bf16 = matmul_peak(gpu, torch.bfloat16, (4096, 8192), 1.0)
         peak_fp32 = matmul_peak(gpu, torch.float32, (4096, 8192), 1.0)
-        print(f"GPU matmul peak: bf16 {peak_bf16:.0f} GFLOP/s, fp32 (TF32 off) {peak_fp32:.0f} GFLOP/s")
+        print(
+            f"GPU matmul peak: bf16 {peak_bf16:.0f} GFLOP/s, fp32 (TF32 off) {peak_fp32:.0f} GFLOP/s"
+        )
         print("GPU DINO pretraining step, ViT-L/16, bf16 autocast, 2x224 + 8x96 (98) crops:")
-        images, gflops = measure_step("vit_large_patch16_dinov3", args.gpu_batch, gpu, "bf16", args.steps)
+        images, gflops = measure_step(
+            "vit_large_patch16_dinov3", args.gpu_batch, gpu, "bf16", args.steps
+        )
         report(f"bf16, batch {args.gpu_batch}", images, gflops, peak_bf16)
     elif args.gpu_only:
         print("no CUDA device: nothing to measure with --gpu-only")

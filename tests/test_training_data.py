@@ -55,9 +55,17 @@ def test_phantom_corpus_mixes_radiographs_and_mr_with_labels(corpus: TensorCorpu
 
 
 def test_labels_csv_dicom_corpus_matches_node_pipeline(tmp_path: Path) -> None:
-    csv_path = write_phantom_cohort(tmp_path / "cohort", 3, seed=9, xray_views=("AP",),
-                                    with_mr=True, mr_slices=10, xray_rows=256, xray_columns=256,
-                                    xray_pixel_spacing_mm=0.6)
+    csv_path = write_phantom_cohort(
+        tmp_path / "cohort",
+        3,
+        seed=9,
+        xray_views=("AP",),
+        with_mr=True,
+        mr_slices=10,
+        xray_rows=256,
+        xray_columns=256,
+        xray_pixel_spacing_mm=0.6,
+    )
     corpus = corpus_from_labels_csv(csv_path, options=PipelineOptions(image_size=64, max_slices=4))
     assert len(corpus) == 6 and sum(s.is_mri for s in corpus) == 3
     rows = list(csv.DictReader(csv_path.open()))
@@ -65,8 +73,10 @@ def test_labels_csv_dicom_corpus_matches_node_pipeline(tmp_path: Path) -> None:
     sample = next(s for s in corpus if s.series_uid == xray_row["series_uid"])
     assert sample.labels["kl_grade"] == int(xray_row["kl_grade"])
     # The plane is the node's own preprocessing output (bicubic, as bundles ask), to 1/255.
-    node = preprocess_image(csv_path.parent / xray_row["path"],
-                            config=PreprocessConfig(input_size=64, interpolation="bicubic"))
+    node = preprocess_image(
+        csv_path.parent / xray_row["path"],
+        config=PreprocessConfig(input_size=64, interpolation="bicubic"),
+    )
     expected = node.tensor[0] * 0.229 + 0.485
     assert torch.allclose(sample.planes[0].float() / 255, expected, atol=1 / 255 + 1e-4)
 
@@ -78,8 +88,15 @@ def test_labels_csv_image_files(tmp_path: Path) -> None:
         array[:, : 10 * (number + 1)] = 255
         path = tmp_path / f"img{number}.png"
         Image.fromarray(array).save(path)
-        rows.append({"patient_id": f"P{number % 2}", "path": path.name, "modality": "DX",
-                     "laterality": "L" if number == 0 else "R", "kl_grade": str(number)})
+        rows.append(
+            {
+                "patient_id": f"P{number % 2}",
+                "path": path.name,
+                "modality": "DX",
+                "laterality": "L" if number == 0 else "R",
+                "kl_grade": str(number),
+            }
+        )
     with (tmp_path / "labels.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -111,7 +128,9 @@ def test_shards_round_trip_and_streaming(corpus: TensorCorpus, tmp_path: Path) -
     assert len(index.shards) == 5 and index.num_images == corpus.num_images
     back = read_shards(tmp_path / "shards")
     assert [s.series_uid for s in back] == [s.series_uid for s in corpus]
-    assert all(torch.equal(a.planes, b.planes) and a.labels == b.labels for a, b in zip(back, corpus))
+    assert all(
+        torch.equal(a.planes, b.planes) and a.labels == b.labels for a, b in zip(back, corpus)
+    )
     with pytest.raises(FileExistsError):
         write_shards(corpus, tmp_path / "shards")
 
@@ -124,7 +143,9 @@ def test_shards_round_trip_and_streaming(corpus: TensorCorpus, tmp_path: Path) -
         return items
 
     n = corpus.num_images
-    ranks = [take(ShardImageStream(tmp_path / "shards", seed=4, rank=r, world_size=2), n) for r in (0, 1)]
+    ranks = [
+        take(ShardImageStream(tmp_path / "shards", seed=4, rank=r, world_size=2), n) for r in (0, 1)
+    ]
     # One epoch over both ranks covers every plane exactly once.
     first_epoch = [plane for items in ranks for plane, epoch, _ in items if epoch == 0]
     assert len(first_epoch) == n
@@ -143,6 +164,10 @@ def test_sample_validation() -> None:
     with pytest.raises(ValueError, match="patient_id"):
         Sample("", "S", "SE", "DX", "AP", torch.zeros(1, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="one image size"):
-        TensorCorpus([Sample("P", "S", "A", "DX", "AP", torch.zeros(1, 8, 8, dtype=torch.uint8)),
-                      Sample("P", "S", "B", "DX", "AP", torch.zeros(1, 9, 9, dtype=torch.uint8))])
+        TensorCorpus(
+            [
+                Sample("P", "S", "A", "DX", "AP", torch.zeros(1, 8, 8, dtype=torch.uint8)),
+                Sample("P", "S", "B", "DX", "AP", torch.zeros(1, 9, 9, dtype=torch.uint8)),
+            ]
+        )
     assert pydicom  # the DICOM path is exercised through the labels-CSV test above

@@ -60,7 +60,9 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_n() -> None:
 
 def test_ordinal_loss_agrees_with_node_probabilities() -> None:
     spec = head_spec("kl_grade")
-    raw = torch.randn(6, 1) * 3 - torch.tensor([[-1.5, -0.5, 0.5, 1.5]])  # non-increasing cut logits
+    raw = torch.randn(6, 1) * 3 - torch.tensor(
+        [[-1.5, -0.5, 0.5, 1.5]]
+    )  # non-increasing cut logits
     node = probabilities_from_logits(raw, kind=spec.kind)
     ours = ordinal_log_probabilities(raw).exp()
     assert torch.allclose(ours, node, atol=1e-5)

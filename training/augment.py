@@ -100,8 +100,11 @@ def random_resized_crop(
     box = sample_crop(plane.shape[0], scale=scale, ratio=ratio, generator=generator)
     crop = plane[box.top : box.top + box.height, box.left : box.left + box.width]
     return F.interpolate(
-        crop[None, None], size=(output_size, output_size), mode="bilinear",
-        align_corners=False, antialias=True,
+        crop[None, None],
+        size=(output_size, output_size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
     )[0, 0]
 
 

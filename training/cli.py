@@ -28,9 +28,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_ARCH = "ortho_vit_micro_patch16_dinov3"
-_DATA_HELP = (
-    "Shard folder, labels CSV (DICOM or image files), DICOM folder, or phantoms:N[:SEED]."
-)
+_DATA_HELP = "Shard folder, labels CSV (DICOM or image files), DICOM folder, or phantoms:N[:SEED]."
 
 
 def _fail(message: str) -> typer.Exit:
@@ -65,7 +63,11 @@ def phantoms_command(
             from ortho_node.phantoms import write_phantom_cohort
 
             csv_path = write_phantom_cohort(
-                out, patients, seed=seed, xray_views=tuple(_tasks(views)), with_mr=with_mr,
+                out,
+                patients,
+                seed=seed,
+                xray_views=tuple(_tasks(views)),
+                with_mr=with_mr,
                 first_patient_index=first_patient,
             )
             _say(f"wrote {patients} phantom studies and {csv_path}")
@@ -75,12 +77,23 @@ def phantoms_command(
         from training.data.sources import PhantomCohort, phantom_corpus
 
         corpus = phantom_corpus(
-            [PhantomCohort(patients, seed=seed, first_patient_index=first_patient,
-                           xray_views=tuple(_tasks(views)), with_mr=with_mr)],
-            options=PipelineOptions(image_size=shards), workers=workers,
+            [
+                PhantomCohort(
+                    patients,
+                    seed=seed,
+                    first_patient_index=first_patient,
+                    xray_views=tuple(_tasks(views)),
+                    with_mr=with_mr,
+                )
+            ],
+            options=PipelineOptions(image_size=shards),
+            workers=workers,
         )
         index = write_shards(corpus, out, samples_per_shard=256)
-        _say(f"wrote {len(corpus)} samples ({index.num_images} images) in {len(index.shards)} shards to {out}")
+        _say(
+            f"wrote {len(corpus)} samples ({index.num_images} images) "
+            f"in {len(index.shards)} shards to {out}"
+        )
     except (OSError, ValueError, TypeError) as exc:
         raise _fail(str(exc)) from exc
 
@@ -90,28 +103,60 @@ def pretrain_command(
     data: str = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (checkpoints, metrics)."),
     preset: str = typer.Option(
-        "small", "--preset", help="'recipe' (OrthoFoundation: 224/98 px, 65,536 prototypes) or "
+        "small",
+        "--preset",
+        help="'recipe' (OrthoFoundation: 224/98 px, 65,536 prototypes) or "
         "'small' (the recipe scaled to --image-size, 4096 prototypes).",
     ),
     arch: str = typer.Option(DEFAULT_ARCH, "--arch", help="Encoder architecture."),
     init: Optional[str] = typer.Option(
-        None, "--init", help="Start from a DINOv3/OrthoFoundation checkpoint, bundle or pretrain checkpoint."
+        None,
+        "--init",
+        help="Start from a DINOv3/OrthoFoundation checkpoint, bundle or pretrain checkpoint.",
     ),
-    image_size: int = typer.Option(128, "--image-size", help="Plane size and global crop size."),
+    image_size: int = typer.Option(128, "--image-size", help="Plane size of the corpus."),
+    crop_size: Optional[int] = typer.Option(
+        None, "--crop-size", help="Global crop size (default: --image-size)."
+    ),
+    layerscale_init: Optional[float] = typer.Option(
+        None, "--layerscale-init", help="Random init: LayerScale start gain (small preset: 0.1)."
+    ),
     steps: int = typer.Option(1000, "--steps", help="Optimisation steps."),
     batch_size: int = typer.Option(64, "--batch-size", help="Global batch (all processes)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
-    koleo: float = typer.Option(0.0, "--koleo", help="KoLeo loss weight."),
+    koleo: Optional[float] = typer.Option(
+        None, "--koleo", help="KoLeo loss weight (small preset: 0.1, recipe: 0)."
+    ),
     gram: float = typer.Option(0.0, "--gram", help="Gram anchoring loss weight."),
     precision: str = typer.Option("auto", "--precision", help="auto, bf16 or fp32."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
     workers: int = typer.Option(0, "--workers", help="DataLoader workers making crops."),
-    render_workers: int = typer.Option(1, "--render-workers", help="Processes building the corpus."),
-    stream: bool = typer.Option(False, "--stream", help="Stream a shard folder instead of loading it."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between checkpoints."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from out/checkpoint-last.pt."),
-    stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop after this step (schedules span --steps)."),
+    render_workers: int = typer.Option(
+        1,
+        "--render-workers",
+        help="Processes building the corpus.",
+    ),
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="Stream a shard folder instead of loading it.",
+    ),
+    checkpoint_every: int = typer.Option(
+        500,
+        "--checkpoint-every",
+        help="Steps between checkpoints.",
+    ),
+    resume: bool = typer.Option(
+        True,
+        "--resume/--no-resume",
+        help="Continue from out/checkpoint-last.pt.",
+    ),
+    stop_at: Optional[int] = typer.Option(
+        None,
+        "--stop-at",
+        help="Stop after this step (schedules span --steps).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Self-supervised DINO pretraining (one process or torchrun DDP)."""
@@ -121,31 +166,53 @@ def pretrain_command(
     from training.pretrain.trainer import run_pretraining
 
     try:
-        overrides = {k: v for k, v in {"lr": lr}.items() if v is not None}
-        common = dict(arch=arch, init=init, steps=steps, batch_size=batch_size, seed=seed,
-                      precision=precision, device=device, koleo_weight=koleo, gram_weight=gram,
-                      num_workers=workers, checkpoint_every=checkpoint_every, **overrides)
+        optional = {"lr": lr, "koleo_weight": koleo, "layerscale_init": layerscale_init}
+        overrides = {k: v for k, v in optional.items() if v is not None}
+        common = dict(
+            arch=arch,
+            init=init,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            precision=precision,
+            device=device,
+            gram_weight=gram,
+            num_workers=workers,
+            checkpoint_every=checkpoint_every,
+            **overrides,
+        )
         if preset == "small":
-            config = PretrainConfig.for_small_images(image_size=image_size, **common)  # type: ignore[arg-type]
+            config = PretrainConfig.for_small_images(
+                image_size=crop_size or image_size, **common  # type: ignore[arg-type]
+            )
         elif preset == "recipe":
-            config = PretrainConfig(global_crop_size=image_size, **common)  # type: ignore[arg-type]
+            config = PretrainConfig(
+                global_crop_size=crop_size or image_size, **common  # type: ignore[arg-type]
+            )
         else:
             raise ValueError(f"--preset must be 'small' or 'recipe', got {preset!r}")
         from training.data.resolve import is_shard_folder, resolve_corpus
 
         if stream:
             if not is_shard_folder(data):
-                raise ValueError("--stream needs a shard folder (write one with ortho-train phantoms --shards)")
+                raise ValueError(
+                    "--stream needs a shard folder (write one with ortho-train phantoms --shards)"
+                )
             source: object = data
         else:
             source = resolve_corpus(data, image_size=image_size, workers=render_workers)
         result = run_pretraining(
             source,  # type: ignore[arg-type]
-            config=config, out_dir=out, resume=resume, stop_at_step=stop_at,
-            log=MetricsLog(out / "metrics.jsonl"), show_progress=progress,
+            config=config,
+            out_dir=out,
+            resume=resume,
+            stop_at_step=stop_at,
+            log=MetricsLog(out / "metrics.jsonl"),
+            show_progress=progress,
         )
         if result.losses:
-            _say(f"pretrained to step {result.step}: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
+            first, last = result.losses[0], result.losses[-1]
+            _say(f"pretrained to step {result.step}: loss {first:.4f} -> {last:.4f}")
     except (OSError, ValueError, TypeError) as exc:
         raise _fail(str(exc)) from exc
     finally:
@@ -156,17 +223,33 @@ def pretrain_command(
 def finetune_command(
     data: str = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (heads.pt, metrics.jsonl)."),
-    val: Optional[str] = typer.Option(None, "--val", help="Validation data (default: 20 % of patients)."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Pretrain checkpoint, bundle or checkpoint (default: random init)."),
+    val: Optional[str] = typer.Option(
+        None,
+        "--val",
+        help="Validation data (default: 20 % of patients).",
+    ),
+    encoder: Optional[str] = typer.Option(
+        None,
+        "--encoder",
+        help="Pretrain checkpoint, bundle or checkpoint (default: random init).",
+    ),
     arch: str = typer.Option(DEFAULT_ARCH, "--arch", help="Architecture for random init."),
     image_size: int = typer.Option(128, "--image-size", help="Input size."),
-    tasks: str = typer.Option("kl_grade,oa_present,acl,meniscus", "--tasks", help="Heads to train."),
+    tasks: str = typer.Option(
+        "kl_grade,oa_present,acl,meniscus",
+        "--tasks",
+        help="Heads to train.",
+    ),
     mode: str = typer.Option("full", "--mode", help="linear (frozen encoder) or full."),
     epochs: int = typer.Option(20, "--epochs"),
     batch_size: int = typer.Option(32, "--batch-size"),
     set_batch_size: int = typer.Option(8, "--set-batch-size", help="MR series per step."),
     lr: float = typer.Option(1e-3, "--lr", help="Head learning rate."),
-    encoder_lr: float = typer.Option(5e-4, "--encoder-lr", help="Encoder learning rate (full mode)."),
+    encoder_lr: float = typer.Option(
+        5e-4,
+        "--encoder-lr",
+        help="Encoder learning rate (full mode).",
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
     precision: str = typer.Option("auto", "--precision"),
@@ -191,12 +274,27 @@ def finetune_command(
             train_part = corpus
             val_part = resolve_corpus(val, image_size=image_size, workers=render_workers)
         model_encoder = load_encoder(encoder, arch=None if encoder else arch, img_size=image_size)
-        config = FinetuneConfig(mode=mode, epochs=epochs, batch_size=batch_size,
-                                set_batch_size=set_batch_size, lr=lr, encoder_lr=encoder_lr,
-                                seed=seed, device=device, precision=precision)
+        config = FinetuneConfig(
+            mode=mode,
+            epochs=epochs,
+            batch_size=batch_size,
+            set_batch_size=set_batch_size,
+            lr=lr,
+            encoder_lr=encoder_lr,
+            seed=seed,
+            device=device,
+            precision=precision,
+        )
         log = MetricsLog(out / "metrics.jsonl")
-        trained = train_heads(model_encoder, train_part, heads_for(_tasks(tasks)), config=config,
-                              val=val_part, log=log, show_progress=progress)
+        trained = train_heads(
+            model_encoder,
+            train_part,
+            heads_for(_tasks(tasks)),
+            config=config,
+            val=val_part,
+            log=log,
+            show_progress=progress,
+        )
         path = save_heads(out / "heads.pt", trained, image_size=image_size)
         if val_part is not None:
             evaluations = evaluate_predictions(
@@ -213,13 +311,33 @@ def finetune_command(
 @app.command("evaluate")
 def evaluate_command(
     bundle: Path = typer.Argument(..., help="Model bundle folder."),
-    phantoms: int = typer.Option(0, "--phantoms", help="Evaluate on this many fresh phantom patients per modality, the node's way."),
-    data: Optional[str] = typer.Option(None, "--data", help="Or a labelled corpus (" + _DATA_HELP + ")"),
+    phantoms: int = typer.Option(
+        0,
+        "--phantoms",
+        help="Evaluate on this many fresh phantom patients per modality, the node's way.",
+    ),
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help="Or a labelled corpus (" + _DATA_HELP + ")",
+    ),
     seed: int = typer.Option(987654, "--seed", help="Phantom seed (use one training never used)."),
-    first_patient: int = typer.Option(990000, "--first-patient", help="First phantom patient number."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="Heads to score (default: trained heads)."),
+    first_patient: int = typer.Option(
+        990000,
+        "--first-patient",
+        help="First phantom patient number.",
+    ),
+    tasks: Optional[str] = typer.Option(
+        None,
+        "--tasks",
+        help="Heads to score (default: trained heads).",
+    ),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write evaluation.json and evaluation.md here."),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        help="Write evaluation.json and evaluation.md here.",
+    ),
 ) -> None:
     """Score a bundle's heads (accuracy, AUROC, QWK with bootstrap 95 % CIs)."""
     from training.evaluate import evaluate_bundle_on_phantoms, evaluation_markdown
@@ -230,8 +348,13 @@ def evaluate_command(
 
             cohorts = [
                 PhantomCohort(phantoms, seed=seed, first_patient_index=first_patient),
-                PhantomCohort(phantoms, seed=seed + 1, first_patient_index=first_patient + phantoms,
-                              xray_views=(), with_mr=True),
+                PhantomCohort(
+                    phantoms,
+                    seed=seed + 1,
+                    first_patient_index=first_patient + phantoms,
+                    xray_views=(),
+                    with_mr=True,
+                ),
             ]
             evaluations = evaluate_bundle_on_phantoms(
                 bundle, cohorts, tasks=_tasks(tasks) if tasks else None, resamples=resamples
@@ -252,7 +375,9 @@ def evaluate_command(
         )
 
 
-def _evaluate_bundle_on_corpus(bundle: Path, data: str, tasks: Optional[str], resamples: int) -> dict:
+def _evaluate_bundle_on_corpus(
+    bundle: Path, data: str, tasks: Optional[str], resamples: int
+) -> dict:
     from ortho_node.model import load_bundle
     from training.data.resolve import resolve_corpus
     from training.evaluate import evaluate_predictions
@@ -274,8 +399,16 @@ def _evaluate_bundle_on_corpus(bundle: Path, data: str, tasks: Optional[str], re
 def label_efficiency_command(
     data: str = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the CSV, markdown and PNG."),
-    pretrained: str = typer.Option(..., "--pretrained", help="Pretrained encoder (pretrain checkpoint, bundle, checkpoint)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture (default: the pretrained one's)."),
+    pretrained: str = typer.Option(
+        ...,
+        "--pretrained",
+        help="Pretrained encoder (pretrain checkpoint, bundle, checkpoint).",
+    ),
+    arch: Optional[str] = typer.Option(
+        None,
+        "--arch",
+        help="Architecture (default: the pretrained one's).",
+    ),
     image_size: int = typer.Option(128, "--image-size"),
     tasks: str = typer.Option("kl_grade,oa_present,acl,meniscus", "--tasks"),
     fractions: str = typer.Option("0.125,0.25,0.5,1.0", "--fractions"),
@@ -310,9 +443,15 @@ def label_efficiency_command(
         if epochs is not None:
             config = replace(config, epochs=epochs)
         rows = run_label_efficiency(
-            {"pretrained": ssl, "random init": random_init}, train=split.train, val=split.val,
-            test=split.test, specs=heads_for(_tasks(tasks)), config=config,
-            fractions=[float(f) for f in _tasks(fractions)], seed=seed, resamples=resamples,
+            {"pretrained": ssl, "random init": random_init},
+            train=split.train,
+            val=split.val,
+            test=split.test,
+            specs=heads_for(_tasks(tasks)),
+            config=config,
+            fractions=[float(f) for f in _tasks(fractions)],
+            seed=seed,
+            resamples=resamples,
             log=MetricsLog(out / "metrics.jsonl"),
         )
         paths = write_outputs(rows, out, title=f"{ssl.arch}, {mode} heads")
@@ -328,10 +467,22 @@ def export_command(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to create."),
     name: str = typer.Option(..., "--name", help="Model name (goes into every result)."),
     version: str = typer.Option("0.1.0", "--version"),
-    training_data: str = typer.Option(..., "--training-data", help="What the model was trained on."),
-    synthetic: bool = typer.Option(False, "--synthetic/--no-synthetic", help="Trained on synthetic data (labelled not for clinical use)."),
+    training_data: str = typer.Option(
+        ...,
+        "--training-data",
+        help="What the model was trained on.",
+    ),
+    synthetic: bool = typer.Option(
+        False,
+        "--synthetic/--no-synthetic",
+        help="Trained on synthetic data (labelled not for clinical use).",
+    ),
     license_text: str = typer.Option("Apache-2.0", "--license"),
-    include_untrained: bool = typer.Option(False, "--include-untrained", help="Add all other registered heads, marked trained: false."),
+    include_untrained: bool = typer.Option(
+        False,
+        "--include-untrained",
+        help="Add all other registered heads, marked trained: false.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
 ) -> None:
     """Export trained heads + encoder as a model bundle the node loads."""
@@ -342,10 +493,18 @@ def export_command(
     try:
         saved = load_heads(heads)
         path = export_bundle(
-            out, encoder=saved.encoder, heads=saved.heads, name=name, version=version,
-            input_size=saved.image_size, training_data=training_data, synthetic=synthetic,
-            temperatures=saved.temperatures, include_untrained=include_untrained,
-            license=license_text, overwrite=force,
+            out,
+            encoder=saved.encoder,
+            heads=saved.heads,
+            name=name,
+            version=version,
+            input_size=saved.image_size,
+            training_data=training_data,
+            synthetic=synthetic,
+            temperatures=saved.temperatures,
+            include_untrained=include_untrained,
+            license=license_text,
+            overwrite=force,
         )
     except (OSError, ValueError, TypeError) as exc:
         raise _fail(str(exc)) from exc
@@ -357,11 +516,27 @@ def export_command(
 
 @app.command("demo-model")
 def demo_model_command(
-    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder (e.g. ortho_node/assets/demo_bundle)."),
-    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Cache for rendered phantoms and checkpoints."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Bundle folder (e.g. ortho_node/assets/demo_bundle).",
+    ),
+    work_dir: Optional[Path] = typer.Option(
+        None,
+        "--work-dir",
+        help="Cache for rendered phantoms and checkpoints.",
+    ),
     workers: int = typer.Option(2, "--workers", help="Phantom rendering processes."),
-    quick: bool = typer.Option(False, "--quick", help="A tiny build (minutes; for smoke tests, not for shipping)."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="A tiny build (minutes; for smoke tests, not for shipping).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
+    ssl_out: Optional[Path] = typer.Option(
+        None, "--ssl-out", help="Also write the self-supervised encoder (no heads) here."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Build the synthetic demo bundle: phantoms -> pretrain -> fine-tune -> export -> evaluate."""
@@ -372,9 +547,15 @@ def demo_model_command(
     config = QUICK_DEMO if quick else DemoConfig()
     try:
         evaluations = build_demo_model(
-            out, config=config, workers=workers, work_dir=work_dir,
+            out,
+            config=config,
+            workers=workers,
+            work_dir=work_dir,
             log=MetricsLog((work_dir or out.parent) / f"{out.name}-build.jsonl"),
-            show_progress=progress, say=_say, overwrite=force,
+            show_progress=progress,
+            say=_say,
+            overwrite=force,
+            ssl_out=ssl_out,
         )
     except (OSError, ValueError, TypeError) as exc:
         raise _fail(str(exc)) from exc

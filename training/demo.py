@@ -28,13 +28,14 @@ from typing import Any
 
 import torch
 
-from ortho_node.model.encoder import OrthoEncoder, build_encoder
+from ortho_node.model.encoder import OrthoEncoder
 from training.data.corpus import TensorCorpus
 from training.data.loaders import PipelineOptions
 from training.data.shards import read_shards, write_shards
 from training.data.sources import PhantomCohort, phantom_corpus
+from training.encoders import load_encoder
 from training.evaluate import TaskEvaluation, evaluate_bundle_on_phantoms, evaluation_markdown
-from training.export import export_bundle
+from training.export import export_bundle, export_encoder_bundle
 from training.heads.finetune import FinetuneConfig, heads_for, train_heads
 from training.logs import MetricsLog
 from training.tasks import DEMO_TASKS
@@ -42,6 +43,8 @@ from training.tasks import DEMO_TASKS
 __all__ = ["DemoConfig", "build_demo_model", "demo_cohorts"]
 
 DEMO_ARCH = "ortho_vit_micro_patch16_dinov3"
+RANDOM_LAYERSCALE = 0.1
+"""LayerScale start gain of randomly initialised encoders here (see ``set_layerscale``)."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class DemoConfig:
     val_mr_patients: int = 60
     eval_xray_patients: int = 250
     eval_mr_patients: int = 100
-    pretrain_steps: int = 0
+    pretrain_steps: int = 1200
     pretrain_batch_size: int = 64
+    pretrain_crop_size: int = 96
     finetune_epochs: int = 30
     finetune_batch_size: int = 32
     finetune_set_batch_size: int = 8
@@ -74,10 +78,16 @@ class DemoConfig:
 def demo_cohorts(config: DemoConfig, part: str) -> list[PhantomCohort]:
     """Phantom cohorts of one part: ``"train"``, ``"val"`` or ``"eval"``."""
     base = {"train": 0, "val": 500_000, "eval": 900_000}[part]
-    xray_n = {"train": config.xray_patients, "val": config.val_xray_patients,
-              "eval": config.eval_xray_patients}[part]
-    mr_n = {"train": config.mr_patients, "val": config.val_mr_patients,
-            "eval": config.eval_mr_patients}[part]
+    xray_n = {
+        "train": config.xray_patients,
+        "val": config.val_xray_patients,
+        "eval": config.eval_xray_patients,
+    }[part]
+    mr_n = {
+        "train": config.mr_patients,
+        "val": config.val_mr_patients,
+        "eval": config.eval_mr_patients,
+    }[part]
     seed = config.seed + {"train": 1, "val": 2, "eval": 3}[part]
     # Training sees lateral views too (pretraining uses them; the KL heads skip them).
     views = ("AP", "LAT") if part == "train" else ("AP",)
@@ -87,7 +97,10 @@ def demo_cohorts(config: DemoConfig, part: str) -> list[PhantomCohort]:
     if mr_n:
         cohorts.append(
             PhantomCohort(
-                mr_n, seed=seed + 100, first_patient_index=base + 200_000, xray_views=(),
+                mr_n,
+                seed=seed + 100,
+                first_patient_index=base + 200_000,
+                xray_views=(),
                 with_mr=True,
             )
         )
@@ -104,6 +117,7 @@ def build_demo_model(
     show_progress: bool = True,
     say: Callable[[str], None] = print,
     overwrite: bool = False,
+    ssl_out: str | Path | None = None,
 ) -> dict[str, TaskEvaluation]:
     """Build, export and evaluate the demo bundle (steps in the module docstring).
 
@@ -124,7 +138,10 @@ def build_demo_model(
     say : callable, optional
         Receives one-line status messages.
     overwrite : bool, optional
-        Replace an existing ``out_dir``.
+        Replace an existing ``out_dir`` (and ``ssl_out``).
+    ssl_out : str or Path, optional
+        Also write the self-supervised encoder (before fine-tuning) as an encoder-only bundle
+        here (the tests probe it against a random-init encoder).
 
     Returns
     -------
@@ -142,6 +159,22 @@ def build_demo_model(
     val = _cached_corpus(config, "val", options, workers, work_dir)
     say(f"train: {len(train)} samples / {train.num_images} images; val: {len(val)} samples")
     encoder = _pretrained_encoder(config, train, work_dir, log, show_progress, say)
+    if ssl_out is not None and config.pretrain_steps:
+        export_encoder_bundle(
+            ssl_out,
+            encoder=encoder,
+            name=f"{config.name}-ssl",
+            version=config.version,
+            input_size=config.image_size,
+            training_data=(
+                f"DINO self-distillation, {config.pretrain_steps} steps, on {train.num_images} "
+                "synthetic phantom images (radiographs and MR slices) from ortho_node.phantoms."
+            ),
+            synthetic=True,
+            notes=[f"demo build: {json.dumps(dataclasses.asdict(config), sort_keys=True)}"],
+            overwrite=overwrite,
+        )
+        say(f"wrote the self-supervised encoder to {ssl_out}")
     specs = heads_for(DEMO_TASKS)
     finetune = FinetuneConfig(
         mode="full",
@@ -190,7 +223,9 @@ def build_demo_model(
     with tempfile.TemporaryDirectory(prefix="demo-bundle-") as staging:
         draft = export_bundle(Path(staging) / "bundle", notes=notes, **export_kwargs)
         say("evaluating the bundle on fresh phantoms, the way the node runs it")
-        evaluations = evaluate_bundle_on_phantoms(draft, demo_cohorts(config, "eval"), seed=config.seed)
+        evaluations = evaluate_bundle_on_phantoms(
+            draft, demo_cohorts(config, "eval"), seed=config.seed
+        )
     for name, evaluation in evaluations.items():
         metrics = ", ".join(f"{k} {v}" for k, v in evaluation.metrics.items())
         notes.append(
@@ -206,7 +241,10 @@ def build_demo_model(
 
 
 def _cached_corpus(
-    config: DemoConfig, part: str, options: PipelineOptions, workers: int,
+    config: DemoConfig,
+    part: str,
+    options: PipelineOptions,
+    workers: int,
     work_dir: str | Path | None,
 ) -> TensorCorpus:
     # Rendering is the slow part of a rebuild; with a work folder, a part is rendered once per
@@ -215,8 +253,9 @@ def _cached_corpus(
     if work_dir is None:
         return phantom_corpus(cohorts, options=options, workers=workers)
     key = hashlib.sha256(
-        json.dumps([[dataclasses.asdict(c) for c in cohorts], dataclasses.asdict(options)],
-                   sort_keys=True).encode()
+        json.dumps(
+            [[dataclasses.asdict(c) for c in cohorts], dataclasses.asdict(options)], sort_keys=True
+        ).encode()
     ).hexdigest()[:16]
     folder = Path(work_dir) / f"corpus-{part}-{key}"
     if (folder / "index.json").is_file():
@@ -235,13 +274,15 @@ def _pretrained_encoder(
     say: Callable[[str], None],
 ) -> OrthoEncoder:
     if not config.pretrain_steps:
-        return build_encoder(DEMO_ARCH, img_size=config.image_size)
+        return load_encoder(
+            None, arch=DEMO_ARCH, img_size=config.image_size, layerscale_init=RANDOM_LAYERSCALE
+        )
     from training.pretrain.config import PretrainConfig
     from training.pretrain.trainer import run_pretraining
 
     pretrain = PretrainConfig.for_small_images(
         arch=DEMO_ARCH,
-        image_size=config.image_size,
+        image_size=config.pretrain_crop_size,
         steps=config.pretrain_steps,
         batch_size=config.pretrain_batch_size,
         seed=config.seed,
@@ -252,8 +293,13 @@ def _pretrained_encoder(
         temporary = tempfile.mkdtemp(prefix="demo-pretrain-")
         work_dir = temporary
     try:
+        # Checkpoints in the work folder: an interrupted build resumes exactly where it stopped.
         result = run_pretraining(
-            train, config=pretrain, out_dir=Path(work_dir), log=log, show_progress=show_progress
+            train,
+            config=pretrain,
+            out_dir=Path(work_dir) / "pretrain",
+            log=log,
+            show_progress=show_progress,
         )
         return result.teacher_encoder()
     finally:
@@ -280,13 +326,13 @@ def _evaluation_document(
         "seeds and patient numbers the training never used, run through the node's own "
         "preprocessing, series selection, encoder, heads and calibration "
         "(`training.evaluate.evaluate_bundle_on_phantoms`). 95 % percentile-bootstrap intervals "
-        "(1000 resamples).\n\n"
-        + evaluation_markdown(evaluations)
+        "(1000 resamples).\n\n" + evaluation_markdown(evaluations)
     )
 
 
 QUICK_DEMO = DemoConfig(
     image_size=64,
+    pretrain_crop_size=64,
     xray_patients=40,
     mr_patients=16,
     val_xray_patients=12,

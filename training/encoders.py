@@ -16,7 +16,39 @@ import torch
 
 from ortho_node.model.encoder import OrthoEncoder, build_encoder
 
-__all__ = ["load_encoder", "pretrain_checkpoint_encoder"]
+__all__ = ["load_encoder", "pretrain_checkpoint_encoder", "set_layerscale"]
+
+
+def set_layerscale(encoder: OrthoEncoder, value: float) -> OrthoEncoder:
+    """Set every LayerScale gain (timm ``gamma_1`` / ``gamma_2``) of ``encoder`` to ``value``.
+
+    DINOv3 initialises LayerScale at 1e-5, which suits week-long runs of large models: the
+    blocks start as near-identities. A micro model trained from scratch for minutes on a CPU
+    barely leaves that state (its features hardly depend on the image), so random-init runs
+    here may start from a larger gain (e.g. 0.1).
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not a positive finite number or the encoder has no LayerScale.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < float("inf")
+    ):
+        raise ValueError(f"layerscale value must be a positive number, got {value!r}")
+    gains = [
+        p
+        for name, p in encoder.named_parameters()
+        if name.rsplit(".", 1)[-1] in ("gamma_1", "gamma_2")
+    ]
+    if not gains:
+        raise ValueError(f"{encoder.arch} has no LayerScale parameters")
+    with torch.no_grad():
+        for gain in gains:
+            gain.fill_(float(value))
+    return encoder
 
 
 def pretrain_checkpoint_encoder(
@@ -37,7 +69,9 @@ def pretrain_checkpoint_encoder(
     size = img_size or int(config["global_crop_size"])
     encoder = build_encoder(str(config["arch"]), img_size=size, initialise=False)
     prefix = "encoder."
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)})
+    encoder.load_state_dict(
+        {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
+    )
     return encoder
 
 
@@ -47,6 +81,7 @@ def load_encoder(
     arch: str | None,
     img_size: int,
     allow_pickle: bool = False,
+    layerscale_init: float | None = None,
 ) -> OrthoEncoder:
     """A trainable encoder (train mode, gradients on).
 
@@ -63,6 +98,8 @@ def load_encoder(
         Nominal input size recorded in the encoder.
     allow_pickle : bool, optional
         Let the importer unpickle a ``.pth`` holding more than tensors (trusted files only).
+    layerscale_init : float, optional
+        Random init only: LayerScale gain to start from (see :func:`set_layerscale`).
 
     Raises
     ------
@@ -75,6 +112,8 @@ def load_encoder(
         if not arch:
             raise ValueError("arch is required to build a randomly initialised encoder")
         encoder = build_encoder(arch, img_size=img_size)
+        if layerscale_init is not None:
+            set_layerscale(encoder, layerscale_init)
         return encoder.train().requires_grad_(True)
     path = Path(source)
     if not path.exists():
@@ -101,5 +140,7 @@ def load_encoder(
                 path, arch=arch, img_size=img_size, allow_pickle=allow_pickle
             ).encoder
     if arch and encoder.arch != arch:
-        raise ValueError(f"{path.name} holds a {encoder.arch} encoder, but arch {arch!r} was asked for")
+        raise ValueError(
+            f"{path.name} holds a {encoder.arch} encoder, but arch {arch!r} was asked for"
+        )
     return encoder.train().requires_grad_(True)

@@ -14,7 +14,7 @@ the images on the way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 
 from ortho_node.model.calibration import probabilities_from_logits
 from ortho_node.model.heads import HeadSpec
+from ortho_node.phantoms import PhantomDatasets
 from training.data.sources import PhantomCohort
 from training.heads.finetune import HeadPredictions
 from training.metrics import MetricValue, task_metrics
@@ -32,6 +33,8 @@ from training.tasks import labels_from_row
 __all__ = [
     "TaskEvaluation",
     "evaluate_bundle_on_phantoms",
+    "evaluate_bundle_on_studies",
+    "phantom_studies",
     "evaluate_predictions",
     "evaluation_markdown",
 ]
@@ -84,8 +87,11 @@ def evaluate_predictions(
             prediction.logits, kind=prediction.spec.kind, temperature=temperatures.get(name, 1.0)
         ).numpy()
         result[name] = _evaluate(
-            prediction.spec, probabilities, prediction.targets.numpy(),
-            resamples=resamples, seed=seed,
+            prediction.spec,
+            probabilities,
+            prediction.targets.numpy(),
+            resamples=resamples,
+            seed=seed,
         )
     return result
 
@@ -119,6 +125,40 @@ def evaluate_bundle_on_phantoms(
     dict
         Head name -> :class:`TaskEvaluation` (heads with no labelled phantom are absent).
     """
+    return evaluate_bundle_on_studies(
+        bundle_dir,
+        phantom_studies(cohorts),
+        tasks=tasks,
+        resamples=resamples,
+        seed=seed,
+        device=device,
+    )
+
+
+def phantom_studies(cohorts: Sequence[PhantomCohort]) -> Iterator[PhantomDatasets]:
+    """The phantom studies (DICOM datasets in memory, with labels) of some cohorts."""
+    from ortho_node.phantoms import build_knee_study
+
+    for cohort in cohorts:
+        for case in cohort.cases():
+            yield build_knee_study(
+                seed=case.seed,
+                xrays=case.xrays,
+                mr_series=case.mr_series,
+                patient_index=case.patient_index,
+            )
+
+
+def evaluate_bundle_on_studies(
+    bundle_dir: str | Path,
+    studies: Iterable[PhantomDatasets],
+    *,
+    tasks: Iterable[str] | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, TaskEvaluation]:
+    """:func:`evaluate_bundle_on_phantoms` on already built phantom studies."""
     from ortho_node.model import load_bundle
     from ortho_node.model.head_module import image_features
     from ortho_node.model.preprocess import PreprocessConfig, preprocess_image
@@ -128,7 +168,6 @@ def evaluate_bundle_on_phantoms(
         select_series,
         survey_series,
     )
-    from ortho_node.phantoms import build_knee_study
 
     bundle = load_bundle(bundle_dir, device=device)
     config = PreprocessConfig.from_manifest(bundle.manifest)
@@ -141,45 +180,43 @@ def evaluate_bundle_on_phantoms(
             out = bundle.encoder(images.to(bundle.device))
             return image_features(out.cls, out.patches)
 
-    for cohort in cohorts:
-        for case in cohort.cases():
-            study = build_knee_study(
-                seed=case.seed, xrays=case.xrays, mr_series=case.mr_series,
-                patient_index=case.patient_index,
-            )
-            radiographs = [ds for ds in study.datasets if ds.Modality != "MR"]
-            mr = [ds for ds in study.datasets if ds.Modality == "MR"]
-            for name, head in heads.items():
-                spec = head.spec
-                if spec.scope.is_mri and mr:
-                    candidate = select_series(
-                        survey_series(mr), preference=preference_for_planes(spec.scope.planes)
-                    )
-                    prepared = prepare_series(candidate, config=config)
-                    labels = labels_from_row(study.series_labels[candidate.series_instance_uid])
+    for study in studies:
+        radiographs = [ds for ds in study.datasets if ds.Modality != "MR"]
+        mr = [ds for ds in study.datasets if ds.Modality == "MR"]
+        for name, head in heads.items():
+            spec = head.spec
+            if spec.scope.is_mri and mr:
+                candidate = select_series(
+                    survey_series(mr), preference=preference_for_planes(spec.scope.planes)
+                )
+                labels = labels_from_row(study.series_labels[candidate.series_instance_uid])
+                if name not in labels:
+                    continue
+                prepared = prepare_series(candidate, config=config)
+                with torch.inference_mode():
+                    logits = head.forward_sets(encode(prepared.tensor).unsqueeze(0))
+                _collect(collected[name], spec, logits, labels[name])
+            elif not spec.scope.is_mri:
+                for ds in radiographs:
+                    view = str(ds.get("ViewPosition", "")).upper()
+                    if spec.scope.views and view not in spec.scope.views:
+                        continue
+                    labels = labels_from_row(study.series_labels[str(ds.SeriesInstanceUID)])
                     if name not in labels:
                         continue
+                    image = preprocess_image(ds, config=config).tensor.unsqueeze(0)
                     with torch.inference_mode():
-                        logits = head.forward_sets(encode(prepared.tensor).unsqueeze(0))
+                        logits = head(encode(image))
                     _collect(collected[name], spec, logits, labels[name])
-                elif not spec.scope.is_mri:
-                    for ds in radiographs:
-                        view = str(ds.get("ViewPosition", "")).upper()
-                        if spec.scope.views and view not in spec.scope.views:
-                            continue
-                        labels = labels_from_row(study.series_labels[str(ds.SeriesInstanceUID)])
-                        if name not in labels:
-                            continue
-                        image = preprocess_image(ds, config=config).tensor.unsqueeze(0)
-                        with torch.inference_mode():
-                            logits = head(encode(image))
-                        _collect(collected[name], spec, logits, labels[name])
     result = {}
     for name, (probabilities, targets) in collected.items():
         if targets:
             result[name] = _evaluate(
-                heads[name].spec, np.stack(probabilities), np.asarray(targets),
-                resamples=resamples, seed=seed,
+                heads[name].spec,
+                np.stack(probabilities),
+                np.asarray(targets),
+                resamples=resamples,
+                seed=seed,
             )
     return result
 

@@ -19,7 +19,13 @@ from ortho_node.model.head_module import TaskHead
 from ortho_node.model.heads import HeadSpec, head_spec, list_heads
 from ortho_node.model.manifest import IMAGENET_MEAN, IMAGENET_STD, Provenance
 
-__all__ = ["SYNTHETIC_DISCLAIMER", "SYNTHETIC_INTENDED_USE", "calibrated_head", "export_bundle"]
+__all__ = [
+    "SYNTHETIC_DISCLAIMER",
+    "SYNTHETIC_INTENDED_USE",
+    "calibrated_head",
+    "export_bundle",
+    "export_encoder_bundle",
+]
 
 SYNTHETIC_INTENDED_USE = (
     "Demonstration and testing of the ortho-node pipeline only (PACS in, DICOM SR/SC out). "
@@ -124,7 +130,8 @@ def export_bundle(
     provenance = Provenance(
         training_data=training_data,
         synthetic=synthetic,
-        intended_use=intended_use or (SYNTHETIC_INTENDED_USE if synthetic else Provenance.intended_use),
+        intended_use=intended_use
+        or (SYNTHETIC_INTENDED_USE if synthetic else Provenance.intended_use),
         disclaimer=disclaimer or (SYNTHETIC_DISCLAIMER if synthetic else Provenance.disclaimer),
         import_notes=tuple(notes),
         created_by="ortho-train (training package)",
@@ -142,5 +149,49 @@ def export_bundle(
         mean=mean,
         std=std,
         description=description,
+        overwrite=overwrite,
+    )
+
+
+def export_encoder_bundle(
+    out_dir: str | Path,
+    *,
+    encoder: OrthoEncoder,
+    name: str,
+    version: str,
+    input_size: int,
+    training_data: str,
+    synthetic: bool,
+    notes: Sequence[str] = (),
+    license: str = "Apache-2.0",
+    overwrite: bool = False,
+) -> Path:
+    """Write an encoder-only bundle (no heads): a self-supervised encoder to probe or fine-tune.
+
+    The node can load and verify it, and reports nothing from it (it has no heads);
+    :func:`training.encoders.load_encoder` takes it as a starting point.
+    """
+    provenance = Provenance(
+        training_data=training_data,
+        synthetic=synthetic,
+        intended_use=(
+            "Starting point for training task heads (research); reports no findings. "
+            + (SYNTHETIC_INTENDED_USE if synthetic else "")
+        ).strip(),
+        disclaimer=SYNTHETIC_DISCLAIMER if synthetic else Provenance.disclaimer,
+        import_notes=tuple(notes),
+        created_by="ortho-train (training package)",
+    )
+    return save_bundle(
+        out_dir,
+        encoder=encoder,
+        heads={},
+        trained=(),
+        name=name,
+        version=version,
+        provenance=provenance,
+        license=license,
+        input_size=(input_size, input_size),
+        description="Self-supervised encoder only (DINO pretraining), no task heads.",
         overwrite=overwrite,
     )

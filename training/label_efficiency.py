@@ -27,7 +27,13 @@ from training.evaluate import evaluate_predictions
 from training.heads.finetune import FinetuneConfig, predict_heads, train_heads
 from training.logs import MetricsLog
 
-__all__ = ["DEFAULT_FRACTIONS", "EfficiencyRow", "headline_metric", "run_label_efficiency", "write_outputs"]
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "EfficiencyRow",
+    "headline_metric",
+    "run_label_efficiency",
+    "write_outputs",
+]
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 
@@ -100,21 +106,33 @@ def run_label_efficiency(
         if config.mode == "linear":
             # Frozen features once per encoder; each fraction selects its samples from them.
             cache = extract_features(
-                encoder, train, device=config.device, precision=config.precision,
-                mean=config.mean, std=config.std,
+                encoder,
+                train,
+                device=config.device,
+                precision=config.precision,
+                mean=config.mean,
+                std=config.std,
             )
         for fraction in sorted(fractions):
             chosen = set(patient_subset(patients, fraction=fraction, seed=seed))
             keep = [i for i, s in enumerate(train) if s.patient_id in chosen]
             subset = train.select(keep)
             trained = train_heads(
-                copy.deepcopy(encoder), subset, specs, config=config, val=val,
+                copy.deepcopy(encoder),
+                subset,
+                specs,
+                config=config,
+                val=val,
                 show_progress=show_progress,
                 precomputed=[cache[i] for i in keep] if cache is not None else None,
             )
             predictions = predict_heads(
-                trained.model, test, device=config.device, precision=config.precision,
-                mean=config.mean, std=config.std,
+                trained.model,
+                test,
+                device=config.device,
+                precision=config.precision,
+                mean=config.mean,
+                std=config.std,
             )
             evaluations = evaluate_predictions(
                 predictions, temperatures=trained.temperatures, resamples=resamples, seed=seed
@@ -124,9 +142,14 @@ def run_label_efficiency(
                 name = headline_metric(spec)
                 headline = evaluation.metrics[name]
                 row = EfficiencyRow(
-                    encoder=encoder_name, fraction=fraction, task=task,
-                    n_train=sum(1 for s in subset if task in s.labels), metric=name,
-                    value=headline.value, ci_low=headline.low, ci_high=headline.high,
+                    encoder=encoder_name,
+                    fraction=fraction,
+                    task=task,
+                    n_train=sum(1 for s in subset if task in s.labels),
+                    metric=name,
+                    value=headline.value,
+                    ci_low=headline.low,
+                    ci_high=headline.high,
                     accuracy=evaluation.metrics["accuracy"].value,
                     auroc=evaluation.metrics["auroc"].value,
                 )
@@ -140,7 +163,9 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.3f}"
 
 
-def write_outputs(rows: Sequence[EfficiencyRow], out_dir: str | Path, *, title: str = "") -> dict[str, Path]:
+def write_outputs(
+    rows: Sequence[EfficiencyRow], out_dir: str | Path, *, title: str = ""
+) -> dict[str, Path]:
     """Write the CSV, the markdown table and the PNG plot; return their paths."""
     import matplotlib
 
@@ -167,15 +192,20 @@ def write_outputs(rows: Sequence[EfficiencyRow], out_dir: str | Path, *, title: 
     for task in tasks:
         metric = next(r.metric for r in rows if r.task == task)
         lines += [f"## {task} ({metric.upper()}, 95% bootstrap CI)", ""]
-        lines.append("| encoder | " + " | ".join(f"{f:g} ({f * 100:g} %)" for f in fractions) + " |")
+        lines.append(
+            "| encoder | " + " | ".join(f"{f:g} ({f * 100:g} %)" for f in fractions) + " |"
+        )
         lines.append("|---|" + "---|" * len(fractions))
         for encoder in encoders:
             cells = []
             for fraction in fractions:
-                match = [r for r in rows if (r.task, r.encoder, r.fraction) == (task, encoder, fraction)]
+                match = [
+                    r for r in rows if (r.task, r.encoder, r.fraction) == (task, encoder, fraction)
+                ]
                 cells.append(
                     f"{_fmt(match[0].value)} [{_fmt(match[0].ci_low)}, {_fmt(match[0].ci_high)}]"
-                    if match else "-"
+                    if match
+                    else "-"
                 )
             lines.append(f"| {encoder} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -184,10 +214,15 @@ def write_outputs(rows: Sequence[EfficiencyRow], out_dir: str | Path, *, title: 
     for axis, task in zip(axes[0], tasks):
         metric = next(r.metric for r in rows if r.task == task)
         for encoder in encoders:
-            points = sorted((r for r in rows if r.task == task and r.encoder == encoder), key=lambda r: r.fraction)
+            points = sorted(
+                (r for r in rows if r.task == task and r.encoder == encoder),
+                key=lambda r: r.fraction,
+            )
             xs = [p.fraction * 100 for p in points]
             axis.plot(xs, [p.value for p in points], marker="o", label=encoder)
-            axis.fill_between(xs, [p.ci_low for p in points], [p.ci_high for p in points], alpha=0.15)
+            axis.fill_between(
+                xs, [p.ci_low for p in points], [p.ci_high for p in points], alpha=0.15
+            )
         axis.set_xscale("log", base=2)
         axis.set_xticks([f * 100 for f in fractions], [f"{f * 100:g}" for f in fractions])
         axis.set_xlabel("labelled training patients (%)")
@@ -204,6 +239,14 @@ def write_outputs(rows: Sequence[EfficiencyRow], out_dir: str | Path, *, title: 
 
 def probe_config(**overrides: object) -> FinetuneConfig:
     """The linear-probe settings used by the study (many cheap epochs on frozen features)."""
-    base = FinetuneConfig(mode="linear", epochs=60, batch_size=64, set_batch_size=16, lr=3e-3,
-                          weight_decay=1e-3, warmup_fraction=0.05, keep_best=True)
+    base = FinetuneConfig(
+        mode="linear",
+        epochs=60,
+        batch_size=64,
+        set_batch_size=16,
+        lr=3e-3,
+        weight_decay=1e-3,
+        warmup_fraction=0.05,
+        keep_best=True,
+    )
     return replace(base, **overrides)  # type: ignore[arg-type]

@@ -41,12 +41,16 @@ def _as_targets(targets: Sequence[int] | np.ndarray) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def binary_auroc(scores: Sequence[float] | np.ndarray, positives: Sequence[int] | np.ndarray) -> float:
+def binary_auroc(
+    scores: Sequence[float] | np.ndarray, positives: Sequence[int] | np.ndarray
+) -> float:
     """AUROC of ``scores`` for binary ``positives`` (1 = positive); NaN if a class is missing."""
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(positives).astype(bool)
     if scores.shape != positive.shape or scores.ndim != 1:
-        raise ValueError(f"scores and positives must be equal 1-D, got {scores.shape}, {positive.shape}")
+        raise ValueError(
+            f"scores and positives must be equal 1-D, got {scores.shape}, {positive.shape}"
+        )
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -68,9 +72,7 @@ def auroc(probabilities: np.ndarray, targets: Sequence[int] | np.ndarray) -> flo
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = _as_targets(targets)
     if probabilities.ndim != 2 or probabilities.shape[0] != targets.size:
-        raise ValueError(
-            f"probabilities must be [N={targets.size}, K], got {probabilities.shape}"
-        )
+        raise ValueError(f"probabilities must be [N={targets.size}, K], got {probabilities.shape}")
     if probabilities.shape[1] == 2:
         return binary_auroc(probabilities[:, 1], targets == 1)
     values = [
@@ -95,7 +97,10 @@ def quadratic_weighted_kappa(
     predicted, targets = _as_targets(predicted), _as_targets(targets)
     if predicted.shape != targets.shape or predicted.size == 0:
         raise ValueError("predicted and targets must be non-empty and of equal length")
-    if min(predicted.min(), targets.min()) < 0 or max(predicted.max(), targets.max()) >= num_classes:
+    if (
+        min(predicted.min(), targets.min()) < 0
+        or max(predicted.max(), targets.max()) >= num_classes
+    ):
         raise ValueError(f"grades must lie in [0, {num_classes - 1}]")
     observed = np.zeros((num_classes, num_classes), dtype=np.float64)
     np.add.at(observed, (targets, predicted), 1.0)

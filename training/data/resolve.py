@@ -29,7 +29,7 @@ def is_shard_folder(spec: str) -> bool:
 
 def phantom_spec_cohorts(spec: str) -> list[PhantomCohort]:
     """Cohorts for ``phantoms:N[:SEED]`` (raises ``ValueError`` for a malformed spec)."""
-    parts = spec[len(_PHANTOM_PREFIX):].split(":")
+    parts = spec[len(_PHANTOM_PREFIX) :].split(":")
     try:
         count = int(parts[0])
         seed = int(parts[1]) if len(parts) > 1 else 0
@@ -40,12 +40,15 @@ def phantom_spec_cohorts(spec: str) -> list[PhantomCohort]:
     with_mr = count // 2
     return [
         PhantomCohort(count - with_mr, seed=seed, xray_views=("AP", "LAT")),
-        PhantomCohort(with_mr, seed=seed + 1, first_patient_index=count, xray_views=("AP",),
-                      with_mr=True),
+        PhantomCohort(
+            with_mr, seed=seed + 1, first_patient_index=count, xray_views=("AP",), with_mr=True
+        ),
     ]
 
 
-def resolve_corpus(spec: str, *, image_size: int, workers: int = 1, max_slices: int = 16) -> TensorCorpus:
+def resolve_corpus(
+    spec: str, *, image_size: int, workers: int = 1, max_slices: int = 16
+) -> TensorCorpus:
     """Load or build the corpus ``spec`` names at ``image_size``.
 
     Raises

@@ -96,7 +96,11 @@ def write_shards(
     """
     from safetensors.torch import save_file
 
-    if isinstance(samples_per_shard, bool) or not isinstance(samples_per_shard, int) or samples_per_shard < 1:
+    if (
+        isinstance(samples_per_shard, bool)
+        or not isinstance(samples_per_shard, int)
+        or samples_per_shard < 1
+    ):
         raise ValueError(f"samples_per_shard must be an int >= 1, got {samples_per_shard!r}")
     out_dir = Path(out_dir)
     if (out_dir / INDEX_FILE).exists():
@@ -109,7 +113,8 @@ def write_shards(
         name = f"shard-{number:05d}.safetensors"
         staging = out_dir / f".{name}.tmp"
         save_file(
-            {"planes": planes}, str(staging),
+            {"planes": planes},
+            str(staging),
             metadata={"samples": json.dumps([_sample_meta(s) for s in chunk])},
         )
         os.replace(staging, out_dir / name)
@@ -170,7 +175,12 @@ class ShardImageStream(IterableDataset):
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, seed: int, rank: int = 0, world_size: int = 1,
+        self,
+        root: str | os.PathLike[str],
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
         start: int = 0,
     ) -> None:
         super().__init__()
@@ -205,7 +215,9 @@ class ShardImageStream(IterableDataset):
                     position += count
                     continue
                 planes, _ = _load_shard(self.index.root / entry["file"])
-                within = torch.randperm(count, generator=generator_for(self.seed, epoch, reader, number))
+                within = torch.randperm(
+                    count, generator=generator_for(self.seed, epoch, reader, number)
+                )
                 for i in within.tolist():
                     if position >= self.start:
                         yield planes[i], epoch, position

@@ -28,7 +28,12 @@ import torch
 from pydicom.errors import InvalidDicomError
 
 from ortho_node.model.series import SliceSampling, sample_slice_indices
-from ortho_node.phantoms import CohortCase, build_knee_study, iter_phantom_cohort
+from ortho_node.phantoms import (
+    CohortCase,
+    PhantomDatasets,
+    build_knee_study,
+    iter_phantom_cohort,
+)
 from training.data.corpus import Sample, TensorCorpus
 from training.data.loaders import (
     IMAGE_SUFFIXES,
@@ -43,6 +48,7 @@ __all__ = [
     "PhantomCohort",
     "corpus_from_dicom_folder",
     "corpus_from_labels_csv",
+    "corpus_from_phantom_studies",
     "phantom_corpus",
 ]
 
@@ -143,6 +149,25 @@ class PhantomCohort:
             meniscus_tear_rate=self.meniscus_tear_rate,
             first_patient_index=self.first_patient_index,
         )
+
+
+def corpus_from_phantom_studies(
+    studies: Iterable[PhantomDatasets], *, options: PipelineOptions
+) -> TensorCorpus:
+    """Preprocess already built phantom studies (e.g. shared with a node-side evaluation)."""
+    results = []
+    for study in studies:
+        labels = {uid: labels_from_row(shown) for uid, shown in study.series_labels.items()}
+        views = {uid: str(shown.get("view", "")) for uid, shown in study.series_labels.items()}
+        results.append(
+            samples_from_datasets(
+                study.datasets,
+                options=options,
+                labels_by_series=labels,
+                views_by_series={uid: view for uid, view in views.items() if view},
+            )
+        )
+    return _collect(results, None)
 
 
 def _phantom_unit(unit: tuple[PhantomCohort, PipelineOptions]) -> tuple[list[Sample], list[str]]:

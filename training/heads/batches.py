@@ -44,9 +44,7 @@ def sample_fits(spec: HeadSpec, sample: Sample) -> bool:
     return not spec.scope.views or not view or view in spec.scope.views
 
 
-def samples_for_heads(
-    corpus: TensorCorpus, specs: Sequence[HeadSpec], *, mri: bool
-) -> list[int]:
+def samples_for_heads(corpus: TensorCorpus, specs: Sequence[HeadSpec], *, mri: bool) -> list[int]:
     """Positions of the samples (radiographs or MR series) that feed at least one head."""
     chosen = [s for s in specs if s.scope.is_mri == mri]
     return [i for i, sample in enumerate(corpus) if any(sample_fits(s, sample) for s in chosen)]
@@ -134,7 +132,9 @@ def make_batch(
         if generator is not None and max_slices is not None and planes.shape[0] > max_slices:
             keep = torch.randperm(planes.shape[0], generator=generator)[:max_slices].sort().values
             planes = planes[keep]
-        views.append(augment_planes(planes, generator=generator) if generator is not None else planes)
+        views.append(
+            augment_planes(planes, generator=generator) if generator is not None else planes
+        )
     targets = {
         spec.name: torch.tensor(
             [s.labels[spec.name] if sample_fits(spec, s) else -1 for s in samples],

@@ -258,7 +258,9 @@ def _feature_batch(
     return padded.flatten(0, 1), mask
 
 
-def _targets(corpus: TensorCorpus, indices: Sequence[int], specs: Sequence[HeadSpec]) -> dict[str, torch.Tensor]:
+def _targets(
+    corpus: TensorCorpus, indices: Sequence[int], specs: Sequence[HeadSpec]
+) -> dict[str, torch.Tensor]:
     return {
         s.name: torch.tensor(
             [corpus[i].labels[s.name] if sample_fits(s, corpus[i]) else -1 for i in indices],
@@ -282,8 +284,13 @@ def predict_heads(
     """Uncalibrated logits of every head on the samples of ``corpus`` that feed it."""
     if features is None:
         features = extract_features(
-            model.encoder, corpus, batch_images=batch_images, device=device,
-            precision=precision, mean=mean, std=std,
+            model.encoder,
+            corpus,
+            batch_images=batch_images,
+            device=device,
+            precision=precision,
+            mean=mean,
+            std=std,
         )
     heads = model.heads.eval().cpu()
     result: dict[str, HeadPredictions] = {}
@@ -311,9 +318,7 @@ def predict_heads(
 
 
 def _validation_loss(predictions: Mapping[str, HeadPredictions]) -> float:
-    return float(
-        sum(float(task_loss(p.spec, p.logits, p.targets)) for p in predictions.values())
-    )
+    return float(sum(float(task_loss(p.spec, p.logits, p.targets)) for p in predictions.values()))
 
 
 def train_heads(
@@ -368,17 +373,31 @@ def train_heads(
     model.encoder.requires_grad_(not linear)
     train_features = None
     if linear:
-        train_features = list(precomputed) if precomputed is not None else extract_features(
-            model.encoder, train, device=config.device, precision=config.precision,
-            mean=config.mean, std=config.std,
+        train_features = (
+            list(precomputed)
+            if precomputed is not None
+            else extract_features(
+                model.encoder,
+                train,
+                device=config.device,
+                precision=config.precision,
+                mean=config.mean,
+                std=config.std,
+            )
         )
         if len(train_features) != len(train):
-            raise ValueError(f"precomputed holds {len(train_features)} features for {len(train)} samples")
+            raise ValueError(
+                f"precomputed holds {len(train_features)} features for {len(train)} samples"
+            )
     val_features = None
     if linear and val is not None:
         val_features = extract_features(
-            model.encoder, val, device=config.device, precision=config.precision,
-            mean=config.mean, std=config.std,
+            model.encoder,
+            val,
+            device=config.device,
+            precision=config.precision,
+            mean=config.mean,
+            std=config.std,
         )
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config), betas=(0.9, 0.999))
@@ -416,7 +435,9 @@ def train_heads(
                     chosen = (perm + perm)[start : start + min(size, len(perm))]
                     if train_features is not None:  # linear mode: cached frozen features
                         feats, mask = _feature_batch(train_features, chosen, is_set=is_set)
-                        batch = HeadBatch(images=feats, mask=mask, targets=_targets(train, chosen, specs))
+                        batch = HeadBatch(
+                            images=feats, mask=mask, targets=_targets(train, chosen, specs)
+                        )
                         batch = _to_device(batch, device)
                         features = batch.images
                     else:
@@ -426,8 +447,12 @@ def train_heads(
                             else None
                         )
                         batch = make_batch(
-                            [train[i] for i in chosen], specs, generator=generator,
-                            mean=config.mean, std=config.std, max_slices=config.train_slices,
+                            [train[i] for i in chosen],
+                            specs,
+                            generator=generator,
+                            mean=config.mean,
+                            std=config.std,
+                            max_slices=config.train_slices,
                         )
                         batch = _to_device(batch, device)
                         with autocast_context(config.precision, device):
@@ -453,8 +478,13 @@ def train_heads(
             }
             if val is not None:
                 predictions = predict_heads(
-                    model, val, features=val_features, device=config.device,
-                    precision=config.precision, mean=config.mean, std=config.std,
+                    model,
+                    val,
+                    features=val_features,
+                    device=config.device,
+                    precision=config.precision,
+                    mean=config.mean,
+                    std=config.std,
                 )
                 model.to(device)
                 val_loss = _validation_loss(predictions)
@@ -473,14 +503,23 @@ def train_heads(
     temperatures: dict[str, float] = {}
     if val is not None:
         predictions = predict_heads(
-            model, val, features=val_features, device="cpu", precision="fp32",
-            mean=config.mean, std=config.std,
+            model,
+            val,
+            features=val_features,
+            device="cpu",
+            precision="fp32",
+            mean=config.mean,
+            std=config.std,
         )
         for name, prediction in predictions.items():
-            temperatures[name] = fit_temperature(prediction.spec, prediction.logits, prediction.targets)
+            temperatures[name] = fit_temperature(
+                prediction.spec, prediction.logits, prediction.targets
+            )
         if log is not None:
             log.write("calibration", temperatures=temperatures, best_epoch=best_epoch)
-    return TrainedHeads(model=model, temperatures=temperatures, history=history, best_epoch=best_epoch)
+    return TrainedHeads(
+        model=model, temperatures=temperatures, history=history, best_epoch=best_epoch
+    )
 
 
 def copy_encoder(encoder: OrthoEncoder) -> OrthoEncoder:

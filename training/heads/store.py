@@ -78,7 +78,9 @@ def load_heads(path: str | os.PathLike[str]) -> SavedHeads:
         raise FileNotFoundError(f"heads file not found: {path}")
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != HEADS_FORMAT:
-        raise ValueError(f"{path.name} is not an {HEADS_FORMAT} file (written by ortho-train finetune)")
+        raise ValueError(
+            f"{path.name} is not an {HEADS_FORMAT} file (written by ortho-train finetune)"
+        )
     encoder = build_encoder(data["arch"], img_size=int(data["image_size"]), initialise=False)
     encoder.load_state_dict(data["encoder"])
     heads = {}

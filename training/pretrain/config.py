@@ -25,13 +25,41 @@ from training.precision import PRECISIONS
 __all__ = ["PretrainConfig", "SCHEDULE_FIELDS"]
 
 SCHEDULE_FIELDS = (
-    "arch", "init", "global_crop_size", "local_crop_size", "n_global_crops", "n_local_crops",
-    "global_crop_scale", "local_crop_scale", "out_dim", "head_hidden_dim",
-    "head_bottleneck_dim", "norm_last_layer", "student_temp", "teacher_temp",
-    "teacher_temp_start", "teacher_temp_warmup_steps", "center_momentum", "momentum_start",
-    "momentum_end", "lr", "min_lr", "warmup_steps", "weight_decay", "weight_decay_end",
-    "grad_clip", "freeze_last_layer_steps", "batch_size", "steps", "seed", "precision",
-    "dino_weight", "koleo_weight", "gram_weight", "gram_refresh_steps",
+    "arch",
+    "init",
+    "layerscale_init",
+    "global_crop_size",
+    "local_crop_size",
+    "n_global_crops",
+    "n_local_crops",
+    "global_crop_scale",
+    "local_crop_scale",
+    "out_dim",
+    "head_hidden_dim",
+    "head_bottleneck_dim",
+    "norm_last_layer",
+    "student_temp",
+    "teacher_temp",
+    "teacher_temp_start",
+    "teacher_temp_warmup_steps",
+    "center_momentum",
+    "momentum_start",
+    "momentum_end",
+    "lr",
+    "min_lr",
+    "warmup_steps",
+    "weight_decay",
+    "weight_decay_end",
+    "grad_clip",
+    "freeze_last_layer_steps",
+    "batch_size",
+    "steps",
+    "seed",
+    "precision",
+    "dino_weight",
+    "koleo_weight",
+    "gram_weight",
+    "gram_refresh_steps",
 )
 """Fields a resumed run must share with its checkpoint (they shape the trajectory)."""
 
@@ -69,6 +97,9 @@ class PretrainConfig:
         None: random initialisation. Otherwise a local file or folder: a Meta DINOv3 /
         OrthoFoundation / timm checkpoint (through the node's importer), a model bundle, or a
         pretraining checkpoint of this package (its teacher encoder).
+    layerscale_init : float or None
+        Random init only: start LayerScale at this gain instead of DINOv3's 1e-5
+        (see :func:`training.encoders.set_layerscale`).
     global_crop_size, local_crop_size : int
         Crop sides in pixels (local crops are trimmed to a multiple of the patch size).
     n_global_crops, n_local_crops : int
@@ -116,6 +147,7 @@ class PretrainConfig:
 
     arch: str = "vit_large_patch16_dinov3"
     init: str | None = None
+    layerscale_init: float | None = None
     global_crop_size: int = 224
     local_crop_size: int = 98
     n_global_crops: int = 2
@@ -158,31 +190,60 @@ class PretrainConfig:
             raise TypeError(f"arch must be a non-empty str, got {self.arch!r}")
         if self.init is not None and not isinstance(self.init, str):
             raise TypeError(f"init must be a path string or None, got {type(self.init).__name__}")
+        if self.layerscale_init is not None:
+            _number("layerscale_init", self.layerscale_init, low=1e-8, high=10.0)
         for name in ("global_crop_size", "local_crop_size"):
             _positive_int(name, getattr(self, name), minimum=16)
         _positive_int("n_global_crops", self.n_global_crops, minimum=2)
         _positive_int("n_local_crops", self.n_local_crops, minimum=0)
-        object.__setattr__(self, "global_crop_scale", _scale("global_crop_scale", self.global_crop_scale))
-        object.__setattr__(self, "local_crop_scale", _scale("local_crop_scale", self.local_crop_scale))
-        for name in ("out_dim", "head_hidden_dim", "head_bottleneck_dim", "batch_size", "steps",
-                     "checkpoint_every", "log_every"):
+        object.__setattr__(
+            self, "global_crop_scale", _scale("global_crop_scale", self.global_crop_scale)
+        )
+        object.__setattr__(
+            self, "local_crop_scale", _scale("local_crop_scale", self.local_crop_scale)
+        )
+        for name in (
+            "out_dim",
+            "head_hidden_dim",
+            "head_bottleneck_dim",
+            "batch_size",
+            "steps",
+            "checkpoint_every",
+            "log_every",
+        ):
             _positive_int(name, getattr(self, name))
-        for name in ("teacher_temp_warmup_steps", "warmup_steps", "freeze_last_layer_steps",
-                     "gram_refresh_steps", "num_workers", "seed"):
+        for name in (
+            "teacher_temp_warmup_steps",
+            "warmup_steps",
+            "freeze_last_layer_steps",
+            "gram_refresh_steps",
+            "num_workers",
+            "seed",
+        ):
             _positive_int(name, getattr(self, name), minimum=0)
         for name in ("student_temp", "teacher_temp", "teacher_temp_start"):
             _number(name, getattr(self, name), low=1e-4, high=10.0)
         for name in ("center_momentum", "momentum_start", "momentum_end"):
             _number(name, getattr(self, name), low=0.0, high=1.0)
-        for name in ("lr", "min_lr", "weight_decay", "weight_decay_end", "grad_clip",
-                     "dino_weight", "koleo_weight", "gram_weight"):
+        for name in (
+            "lr",
+            "min_lr",
+            "weight_decay",
+            "weight_decay_end",
+            "grad_clip",
+            "dino_weight",
+            "koleo_weight",
+            "gram_weight",
+        ):
             _number(name, getattr(self, name), low=0.0)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PretrainConfig":
@@ -200,14 +261,25 @@ class PretrainConfig:
 
     @classmethod
     def for_small_images(
-        cls, *, arch: str, image_size: int, steps: int, batch_size: int, seed: int = 0, **overrides: Any
+        cls,
+        *,
+        arch: str,
+        image_size: int,
+        steps: int,
+        batch_size: int,
+        seed: int = 0,
+        **overrides: Any,
     ) -> "PretrainConfig":
         """The recipe scaled to small images and small CPU runs (tests, the demo model).
 
         Global crops at ``image_size``; local crops at the recipe's 98/224 ratio of it, rounded
         up to a patch multiple; the same 2 + 8 crops; a smaller DINO head (4096 prototypes, 512
-        hidden, 128 bottleneck); a learning rate for a short run (5e-4 with 5 % warm-up) and a
-        teacher temperature warmed from 0.04 to 0.06 over the first quarter.
+        hidden, 128 bottleneck). Three changes keep a minutes-long CPU run from the uniform
+        collapse (DINO loss stuck at ``log(out_dim)``) that the recipe's settings fell into on
+        the phantoms: KoLeo at 0.1 (DINOv2's weight) spreads the CLS embeddings; LayerScale
+        starts at 0.1 instead of 1e-5, so a random encoder's features depend on the image at
+        all; teacher momentum starts at 0.99 (the teacher follows within ~100 steps). Learning
+        rate 2.5e-4 with 10 % warm-up; teacher temperature 0.04 -> 0.06 over the first quarter.
         """
         local = max(16, int(math.ceil(image_size * 98 / 224 / 16)) * 16)
         values: dict[str, Any] = dict(
@@ -217,12 +289,15 @@ class PretrainConfig:
             out_dim=4096,
             head_hidden_dim=512,
             head_bottleneck_dim=128,
-            lr=5e-4,
+            lr=2.5e-4,
             min_lr=1e-5,
-            warmup_steps=max(1, steps // 20),
+            warmup_steps=max(1, steps // 10),
             teacher_temp_start=0.04,
             teacher_temp=0.06,
             teacher_temp_warmup_steps=max(1, steps // 4),
+            momentum_start=0.99,
+            koleo_weight=0.1,
+            layerscale_init=0.1,
             batch_size=batch_size,
             steps=steps,
             seed=seed,

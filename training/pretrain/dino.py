@@ -55,8 +55,13 @@ class DINOHead(nn.Module):
         n_layers: int = 3,
         norm_last_layer: bool = True,
     ) -> None:
-        for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden_dim", hidden_dim),
-                            ("bottleneck_dim", bottleneck_dim), ("n_layers", n_layers)):
+        for name, value in (
+            ("in_dim", in_dim),
+            ("out_dim", out_dim),
+            ("hidden_dim", hidden_dim),
+            ("bottleneck_dim", bottleneck_dim),
+            ("n_layers", n_layers),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         super().__init__()
@@ -125,7 +130,9 @@ class MultiCropModel(nn.Module):
         if local_crops is not None and local_crops.shape[0]:
             tokens.append(self.encoder(local_crops).cls)
         logits = self.head(torch.cat(tokens))
-        return MultiCropOutput(logits=logits, global_cls=encoded.cls, global_patches=encoded.patches)
+        return MultiCropOutput(
+            logits=logits, global_cls=encoded.cls, global_patches=encoded.patches
+        )
 
 
 class DINOLoss(nn.Module):
@@ -178,7 +185,9 @@ class DINOLoss(nn.Module):
             for student_index, prediction in enumerate(student):
                 if student_index == teacher_index:
                     continue  # same view: no self-prediction
-                total = total + torch.sum(-target * F.log_softmax(prediction, dim=-1), dim=-1).mean()
+                total = (
+                    total + torch.sum(-target * F.log_softmax(prediction, dim=-1), dim=-1).mean()
+                )
                 pairs += 1
         return total / pairs
 
@@ -186,7 +195,9 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         """EMA of the teacher's mean output over the global batch (all processes)."""
         batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
-        count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device)
+        count = torch.tensor(
+            [teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device
+        )
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)

@@ -72,14 +72,22 @@ class MultiCropAugment:
         )
 
     def _view(
-        self, plane: torch.Tensor, size: int, scale: tuple[float, float], *, blur_p: float,
-        solarize_p: float, generator: torch.Generator,
+        self,
+        plane: torch.Tensor,
+        size: int,
+        scale: tuple[float, float],
+        *,
+        blur_p: float,
+        solarize_p: float,
+        generator: torch.Generator,
     ) -> torch.Tensor:
         view = random_resized_crop(plane, size, scale=scale, generator=generator)
         if _chance(generator, 0.5):
             view = torch.flip(view, dims=[1])
         if _chance(generator, 0.8):
-            view = jitter_brightness_contrast(view, brightness=0.4, contrast=0.4, generator=generator)
+            view = jitter_brightness_contrast(
+                view, brightness=0.4, contrast=0.4, generator=generator
+            )
         if _chance(generator, blur_p):
             sigma = (0.1 + 1.9 * float(torch.rand((), generator=generator))) * size / 224.0
             view = gaussian_blur(view, sigma=sigma)
@@ -94,14 +102,25 @@ class MultiCropAugment:
         """Global and local views (float ``[0, 1]`` planes) of a ``uint8`` or float plane."""
         values = plane.float() / 255.0 if plane.dtype == torch.uint8 else plane.float()
         globals_ = [
-            self._view(values, self.global_size, self.global_scale,
-                       blur_p=1.0 if i == 0 else 0.1, solarize_p=0.0 if i == 0 else 0.2,
-                       generator=generator)
+            self._view(
+                values,
+                self.global_size,
+                self.global_scale,
+                blur_p=1.0 if i == 0 else 0.1,
+                solarize_p=0.0 if i == 0 else 0.2,
+                generator=generator,
+            )
             for i in range(self.n_global)
         ]
         locals_ = [
-            self._view(values, self.local_size, self.local_scale, blur_p=0.5, solarize_p=0.0,
-                       generator=generator)
+            self._view(
+                values,
+                self.local_size,
+                self.local_scale,
+                blur_p=0.5,
+                solarize_p=0.0,
+                generator=generator,
+            )
             for _ in range(self.n_local)
         ]
         return globals_, locals_
@@ -115,7 +134,9 @@ def stack_views(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-image views -> crop-major normalised tensors ``[G*b, 3, g, g]``, ``[L*b, 3, l, l]``."""
     n_global, n_local = len(views[0][0]), len(views[0][1])
-    global_planes = torch.stack([views[j][0][c] for c in range(n_global) for j in range(len(views))])
+    global_planes = torch.stack(
+        [views[j][0][c] for c in range(n_global) for j in range(len(views))]
+    )
     globals_ = to_model_input(global_planes, mean=mean, std=std)
     if not n_local:
         return globals_, None
@@ -148,11 +169,20 @@ class MultiCropSteps(Dataset):
     """
 
     def __init__(
-        self, corpus: TensorCorpus, augment: MultiCropAugment, *, batch_size: int, seed: int,
-        total_steps: int, rank: int = 0, world_size: int = 1,
+        self,
+        corpus: TensorCorpus,
+        augment: MultiCropAugment,
+        *,
+        batch_size: int,
+        seed: int,
+        total_steps: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world_size}")
+            raise ValueError(
+                f"batch_size {batch_size} must be divisible by the world size {world_size}"
+            )
         if batch_size > corpus.num_images:
             raise ValueError(f"batch_size {batch_size} exceeds the {corpus.num_images} images")
         self.corpus, self.augment = corpus, augment
@@ -174,7 +204,9 @@ class MultiCropSteps(Dataset):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._epoch != epoch or self._order is None:
-            self._order = torch.randperm(self.corpus.num_images, generator=generator_for(self.seed, epoch))
+            self._order = torch.randperm(
+                self.corpus.num_images, generator=generator_for(self.seed, epoch)
+            )
             self._epoch = epoch
         return self._order
 
@@ -199,12 +231,21 @@ class StreamingMultiCrop(IterableDataset):
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], augment: MultiCropAugment, *, batch_size: int,
-        seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0,
+        self,
+        root: str | os.PathLike[str],
+        augment: MultiCropAugment,
+        *,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: int = 0,
     ) -> None:
         super().__init__()
         if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world_size}")
+            raise ValueError(
+                f"batch_size {batch_size} must be divisible by the world size {world_size}"
+            )
         self.root, self.augment = root, augment
         self.share = batch_size // world_size
         self.seed, self.rank, self.world_size, self.start_step = seed, rank, world_size, start_step
@@ -214,13 +255,18 @@ class StreamingMultiCrop(IterableDataset):
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         skipped_batches = max(0, (self.start_step - worker + workers - 1) // workers)
         stream = ShardImageStream(
-            self.root, seed=self.seed, rank=self.rank, world_size=self.world_size,
+            self.root,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
             start=skipped_batches * self.share,
         )
         reader, _ = stream._reader()
         pending: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         for plane, epoch, position in stream:
-            pending.append(self.augment(plane, generator=generator_for(self.seed, epoch, reader, position)))
+            pending.append(
+                self.augment(plane, generator=generator_for(self.seed, epoch, reader, position))
+            )
             if len(pending) == self.share:
                 yield stack_views(pending)
                 pending = []

@@ -36,11 +36,14 @@ def schedule_at(config: PretrainConfig, step: int) -> ScheduleValues:
     if step < config.warmup_steps:
         lr = config.lr * (step + 1) / config.warmup_steps
     else:
-        lr = cosine(step - config.warmup_steps, config.steps - config.warmup_steps,
-                    config.lr, config.min_lr)
+        lr = cosine(
+            step - config.warmup_steps, config.steps - config.warmup_steps, config.lr, config.min_lr
+        )
     if config.teacher_temp_warmup_steps and step < config.teacher_temp_warmup_steps:
         fraction = step / config.teacher_temp_warmup_steps
-        temp = config.teacher_temp_start + fraction * (config.teacher_temp - config.teacher_temp_start)
+        temp = config.teacher_temp_start + fraction * (
+            config.teacher_temp - config.teacher_temp_start
+        )
     else:
         temp = config.teacher_temp
     return ScheduleValues(

@@ -44,7 +44,13 @@ from training.pretrain.distributed import DistEnv, all_reduce_mean, barrier, ini
 from training.pretrain.multicrop import MultiCropAugment, MultiCropSteps, StreamingMultiCrop
 from training.pretrain.regularisers import gram_loss, koleo_loss
 from training.pretrain.schedules import schedule_at
-from training.pretrain.state import LAST_CHECKPOINT, capture_rng, load_state, restore_rng, save_state
+from training.pretrain.state import (
+    LAST_CHECKPOINT,
+    capture_rng,
+    load_state,
+    restore_rng,
+    save_state,
+)
 
 __all__ = ["PretrainResult", "run_pretraining"]
 
@@ -59,6 +65,8 @@ class PretrainResult:
     step: int
     losses: list[float] = field(default_factory=list)
     """Total loss of each step run by this call (global mean over processes)."""
+    dino_losses: list[float] = field(default_factory=list)
+    """The DINO part of :attr:`losses`, per step."""
     checkpoint: Path | None = None
 
     def teacher_encoder(self) -> OrthoEncoder:
@@ -68,10 +76,18 @@ class PretrainResult:
 
 def _build_models(config: PretrainConfig) -> tuple[MultiCropModel, MultiCropModel]:
     torch.manual_seed(config.seed)
-    encoder = load_encoder(config.init, arch=config.arch, img_size=config.global_crop_size)
+    encoder = load_encoder(
+        config.init,
+        arch=config.arch,
+        img_size=config.global_crop_size,
+        layerscale_init=config.layerscale_init if config.init is None else None,
+    )
     head = DINOHead(
-        encoder.embed_dim, config.out_dim, hidden_dim=config.head_hidden_dim,
-        bottleneck_dim=config.head_bottleneck_dim, norm_last_layer=config.norm_last_layer,
+        encoder.embed_dim,
+        config.out_dim,
+        hidden_dim=config.head_hidden_dim,
+        bottleneck_dim=config.head_bottleneck_dim,
+        norm_last_layer=config.norm_last_layer,
     )
     student = MultiCropModel(encoder, head)
     # DINO starts the teacher as a copy of the student (OrthoFoundation's code draws a second
@@ -88,28 +104,46 @@ def _optimizer(student: MultiCropModel) -> torch.optim.AdamW:
         # Biases, norms, tokens and the weight-norm magnitudes are not decayed (DINO's rule).
         (no_decay if parameter.ndim <= 1 or "token" in name else decay).append(parameter)
     return torch.optim.AdamW(
-        [{"params": decay, "decay": True}, {"params": no_decay, "decay": False, "weight_decay": 0.0}],
+        [
+            {"params": decay, "decay": True},
+            {"params": no_decay, "decay": False, "weight_decay": 0.0},
+        ],
         lr=0.0,
     )
 
 
 def _batches(
-    data: TensorCorpus | str | os.PathLike[str], augment: MultiCropAugment, config: PretrainConfig,
-    env: DistEnv, start_step: int,
+    data: TensorCorpus | str | os.PathLike[str],
+    augment: MultiCropAugment,
+    config: PretrainConfig,
+    env: DistEnv,
+    start_step: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if isinstance(data, TensorCorpus):
         dataset = MultiCropSteps(
-            data, augment, batch_size=config.batch_size, seed=config.seed,
-            total_steps=config.steps, rank=env.rank, world_size=env.world_size,
+            data,
+            augment,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            total_steps=config.steps,
+            rank=env.rank,
+            world_size=env.world_size,
         )
         loader = DataLoader(
-            dataset, batch_size=None, sampler=range(start_step, config.steps),
+            dataset,
+            batch_size=None,
+            sampler=range(start_step, config.steps),
             num_workers=config.num_workers,
         )
     else:
         stream = StreamingMultiCrop(
-            data, augment, batch_size=config.batch_size, seed=config.seed, rank=env.rank,
-            world_size=env.world_size, start_step=start_step,
+            data,
+            augment,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+            start_step=start_step,
         )
         loader = DataLoader(stream, batch_size=None, num_workers=config.num_workers)
     return iter(loader)
@@ -166,8 +200,10 @@ def run_pretraining(
         copy.deepcopy(student.encoder).requires_grad_(False) if config.gram_weight > 0 else None
     )
     dino = DINOLoss(
-        config.out_dim, n_global_crops=config.n_global_crops,
-        student_temp=config.student_temp, center_momentum=config.center_momentum,
+        config.out_dim,
+        n_global_crops=config.n_global_crops,
+        student_temp=config.student_temp,
+        center_momentum=config.center_momentum,
     )
     optimizer = _optimizer(student)
     start_step = 0
@@ -209,14 +245,19 @@ def run_pretraining(
     end_step = config.steps if stop_at_step is None else min(config.steps, stop_at_step)
     batches = _batches(data, augment, config, env, start_step)
     losses: list[float] = []
+    dino_losses: list[float] = []
     student.train()
     last_saved: Path | None = None
-    with progress_bar("pretrain", end_step - start_step, enabled=show_progress and env.is_main) as advance:
+    with progress_bar(
+        "pretrain", end_step - start_step, enabled=show_progress and env.is_main
+    ) as advance:
         for step in range(start_step, end_step):
             started = time.perf_counter()
             global_crops, local_crops = next(batches)
             global_crops = global_crops.to(device, non_blocking=True)
-            local_crops = local_crops.to(device, non_blocking=True) if local_crops is not None else None
+            local_crops = (
+                local_crops.to(device, non_blocking=True) if local_crops is not None else None
+            )
             values = schedule_at(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = values.lr
@@ -226,12 +267,15 @@ def run_pretraining(
                 with torch.no_grad():
                     teacher_out = teacher(global_crops)
                 student_out = trained(global_crops, local_crops)
-                dino_loss = dino(student_out.logits, teacher_out.logits, teacher_temp=values.teacher_temp)
+                dino_loss = dino(
+                    student_out.logits, teacher_out.logits, teacher_temp=values.teacher_temp
+                )
                 total = config.dino_weight * dino_loss
                 parts = {"dino": dino_loss.detach()}
                 if config.koleo_weight > 0:
                     koleo = sum(
-                        koleo_loss(chunk) for chunk in student_out.global_cls.chunk(config.n_global_crops)
+                        koleo_loss(chunk)
+                        for chunk in student_out.global_cls.chunk(config.n_global_crops)
                     )
                     total = total + config.koleo_weight * koleo
                     parts["koleo"] = koleo.detach()
@@ -254,48 +298,75 @@ def run_pretraining(
             optimizer.step()
             _ema(student, teacher, values.momentum)
             dino.update_center(teacher_out.logits)
-            if gram_teacher is not None and config.gram_refresh_steps and (step + 1) % config.gram_refresh_steps == 0:
+            if (
+                gram_teacher is not None
+                and config.gram_refresh_steps
+                and (step + 1) % config.gram_refresh_steps == 0
+            ):
                 gram_teacher.load_state_dict(teacher.encoder.state_dict())
+            # Collectives run on every rank (rank 0 alone would wait for the others forever).
             loss_value = float(all_reduce_mean(total.float()))
+            part_values = {k: float(all_reduce_mean(v.float())) for k, v in parts.items()}
             losses.append(loss_value)
+            dino_losses.append(part_values["dino"])
             elapsed = time.perf_counter() - started
             if env.is_main and (step % config.log_every == 0 or step + 1 == end_step):
                 log.write(
-                    "pretrain_step", step=step + 1, loss=loss_value,
-                    **{k: float(all_reduce_mean(v.float())) for k, v in parts.items()},
-                    lr=values.lr, weight_decay=values.weight_decay, momentum=values.momentum,
-                    teacher_temp=values.teacher_temp, grad_norm=float(grad_norm),
-                    images_per_s=config.batch_size / elapsed, world_size=env.world_size,
+                    "pretrain_step",
+                    step=step + 1,
+                    loss=loss_value,
+                    **part_values,
+                    lr=values.lr,
+                    weight_decay=values.weight_decay,
+                    momentum=values.momentum,
+                    teacher_temp=values.teacher_temp,
+                    grad_norm=float(grad_norm),
+                    images_per_s=config.batch_size / elapsed,
+                    world_size=env.world_size,
                 )
             done = step + 1
             if checkpoint_path is not None and (
                 done % config.checkpoint_every == 0 or done == end_step
             ):
                 if env.is_main:
-                    last_saved = save_state(checkpoint_path, {
-                        "config": config.to_dict(),
-                        "step": done,
-                        "student": {k: v.detach().cpu() for k, v in student.state_dict().items()},
-                        "teacher": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
-                        "gram_teacher": (
-                            {k: v.detach().cpu() for k, v in gram_teacher.state_dict().items()}
-                            if gram_teacher is not None else None
-                        ),
-                        "optimizer": optimizer.state_dict(),
-                        "center": dino.center.detach().cpu(),
-                        "rng": capture_rng(),
-                        "data": {
+                    last_saved = save_state(
+                        checkpoint_path,
+                        {
+                            "config": config.to_dict(),
                             "step": done,
-                            "images_seen": done * config.batch_size,
-                            "epoch_of_next_step": (
-                                done // (data.num_images // config.batch_size)
-                                if isinstance(data, TensorCorpus) else None
+                            "student": {
+                                k: v.detach().cpu() for k, v in student.state_dict().items()
+                            },
+                            "teacher": {
+                                k: v.detach().cpu() for k, v in teacher.state_dict().items()
+                            },
+                            "gram_teacher": (
+                                {k: v.detach().cpu() for k, v in gram_teacher.state_dict().items()}
+                                if gram_teacher is not None
+                                else None
                             ),
+                            "optimizer": optimizer.state_dict(),
+                            "center": dino.center.detach().cpu(),
+                            "rng": capture_rng(),
+                            "data": {
+                                "step": done,
+                                "images_seen": done * config.batch_size,
+                                "epoch_of_next_step": (
+                                    done // (data.num_images // config.batch_size)
+                                    if isinstance(data, TensorCorpus)
+                                    else None
+                                ),
+                            },
                         },
-                    })
+                    )
                 barrier()
             advance(1, loss=loss_value)
     return PretrainResult(
-        student=student.cpu(), teacher=teacher.cpu(), config=config, step=end_step,
-        losses=losses, checkpoint=last_saved,
+        student=student.cpu(),
+        teacher=teacher.cpu(),
+        config=config,
+        step=end_step,
+        losses=losses,
+        dino_losses=dino_losses,
+        checkpoint=last_saved,
     )
