@@ -22,8 +22,9 @@ def tiny_corpus(
     seed: int = 5,
     first_patient: int = 0,
     views: tuple[str, ...] = ("AP", "LAT"),
+    size: int = TINY_SIZE,
 ) -> TensorCorpus:
-    """Radiographs (AP + lateral) and short MR series of a few phantom patients at 64 px."""
+    """Radiographs (AP + lateral) and short MR series of a few phantom patients at ``size`` px."""
     cohorts = []
     if xray_patients:
         cohorts.append(
@@ -46,19 +47,21 @@ def tiny_corpus(
                 xray_views=(),
                 with_mr=True,
                 mr_slices=12,
+                mr_matrix=128,
             )
         )
-    return phantom_corpus(cohorts, options=PipelineOptions(image_size=TINY_SIZE, max_slices=6))
+    return phantom_corpus(cohorts, options=PipelineOptions(image_size=size, max_slices=6))
 
 
 FRESH_XRAY_PATIENTS = 200
-FRESH_MR_PATIENTS = 48
+FRESH_MR_PATIENTS = 200
 
 
 @functools.lru_cache(maxsize=1)
 def fresh_studies() -> tuple[PhantomDatasets, ...]:
     """Phantom studies no training run used (own seeds, patients from 2 000 000), built once per
-    test session: AP radiographs (512 px at 0.3 mm) and sagittal PD-FS MR series (16 slices)."""
+    test session: AP radiographs (512 px at 0.3 mm) and small sagittal PD-FS MR series (128 px,
+    12 slices: quick to render, and the size the node's own inference tests use)."""
     cohorts = [
         PhantomCohort(FRESH_XRAY_PATIENTS, seed=51_001, first_patient_index=2_000_000),
         PhantomCohort(
@@ -67,7 +70,8 @@ def fresh_studies() -> tuple[PhantomDatasets, ...]:
             first_patient_index=2_100_000,
             xray_views=(),
             with_mr=True,
-            mr_slices=16,
+            mr_slices=12,
+            mr_matrix=128,
         ),
     ]
     return tuple(phantom_studies(cohorts))

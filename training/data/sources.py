@@ -131,10 +131,12 @@ class PhantomCohort:
     mr_contrast: str = "PD_FS"
     acl_tear_rate: float = 0.4
     meniscus_tear_rate: float = 0.4
+    mr_matrix: int | None = None
+    """MR rows = columns (None: the phantom default, 256 at 0.5 mm); the field of view is kept."""
 
     def cases(self) -> Iterator[CohortCase]:
         """The cohort's cases (specs and labels)."""
-        return iter_phantom_cohort(
+        cases = iter_phantom_cohort(
             self.n_patients,
             seed=self.seed,
             xray_views=self.xray_views,
@@ -149,6 +151,23 @@ class PhantomCohort:
             meniscus_tear_rate=self.meniscus_tear_rate,
             first_patient_index=self.first_patient_index,
         )
+        if self.mr_matrix is None:
+            return cases
+        return (self._with_mr_matrix(case, self.mr_matrix) for case in cases)
+
+    @staticmethod
+    def _with_mr_matrix(case: CohortCase, matrix: int) -> CohortCase:
+        # Same anatomy and field of view, another matrix (the cohort API has no such option).
+        series = tuple(
+            replace(
+                spec,
+                rows=matrix,
+                columns=matrix,
+                pixel_spacing_mm=spec.pixel_spacing_mm * spec.rows / matrix,
+            )
+            for spec in case.mr_series
+        )
+        return replace(case, mr_series=series)
 
 
 def corpus_from_phantom_studies(
