@@ -120,3 +120,22 @@ def test_cuda_engine_matches_cpu() -> None:
             output = engine.encode(batch)
         assert output.patches.device.type == "cuda"
         assert torch.allclose(output.patches.cpu(), reference.patches, atol=tolerance)
+
+
+def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: LoadedBundle) -> None:
+    batch = images(3, seed=4)
+    before = {k: v.clone() for k, v in bundle.encoder.state_dict().items()}
+    with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="bf16") as engine:
+        output = engine.encode(batch)
+        linear_dtypes = {
+            m.weight.dtype for m in engine._model.modules() if isinstance(m, torch.nn.Linear)
+        }
+    assert linear_dtypes == {torch.bfloat16}
+    with torch.inference_mode(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        reference = bundle.encoder(batch)
+    # Autocast casts the same float32 weights to the same bf16 values on every call.
+    assert torch.equal(output.cls, reference.cls.float())
+    assert torch.equal(output.patches, reference.patches.float())
+    # The bundle's own encoder is untouched: still float32, same values.
+    after = bundle.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before)
