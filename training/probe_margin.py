@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--xray", type=int, default=200, help="Radiograph patients per set.")
-    parser.add_argument("--mr", type=int, default=48, help="MR patients per set.")
+    parser.add_argument("--mr", type=int, default=200, help="MR patients per set.")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     encoders = ssl_and_random_encoders()
@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 first_patient_index=3_500_000 + 10_000 * repeat,
                 xray_views=(),
                 with_mr=True,
-                mr_slices=16,
+                mr_slices=12,
+                mr_matrix=128,
             ),
         ]
         corpus = phantom_corpus(
