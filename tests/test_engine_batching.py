@@ -139,3 +139,18 @@ def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: 
     # The bundle's own encoder is untouched: still float32, same values.
     after = bundle.encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before)
+
+
+def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedBundle) -> None:
+    # torch.compile (inductor, C++ code generated and built with the machine's compiler).
+    batch = images(3, seed=5)
+    with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="fp32") as engine:
+        eager = engine.encode(batch)
+    with InferenceEngine(
+        bundle, max_batch=4, max_wait_ms=0, precision="fp32", compile=True
+    ) as engine:
+        compiled = engine.encode(batch)
+        smaller = engine.encode(batch[:2])  # dynamic shapes: no failure on another batch size
+    assert torch.allclose(compiled.cls, eager.cls, atol=1e-5)
+    assert torch.allclose(compiled.patches, eager.patches, atol=1e-5)
+    assert torch.allclose(smaller.cls, eager.cls[:2], atol=1e-5)
