@@ -25,6 +25,7 @@ Usage::
     bench/infer                       # CPU here, CUDA where there is one
     bench/infer --device cuda         # the GPU run: same measurements, GPU-sized batches
     bench/infer --models vits --precisions fp32 --quick
+    bench/infer --compile             # torch.compile the encoder, as worker.compile: true does
 """
 
 from __future__ import annotations
@@ -143,13 +144,15 @@ def forward_flops(encoder: OrthoEncoder, device: torch.device) -> float:
 
 
 def raw_forward(
-    encoder: OrthoEncoder, device: torch.device, precision: Precision, plan: Plan
+    encoder: OrthoEncoder, device: torch.device, precision: Precision, plan: Plan, compile: bool
 ) -> float:
     """Images/s of the bare encoder at ``plan.batch`` (mean over the timed iterations: the
     end-to-end run is one long run, so both see the same share of a busy machine)."""
     images = torch.randn(plan.batch, 3, SIZE, SIZE, device=device)
     # The forward the engine runs: in bf16, linear layers hold bf16 weights (no per-call cast).
     model = with_bf16_linear_weights(encoder) if precision is Precision.BF16 else encoder
+    if compile:  # as the engine does (the warm-up call of ``timed`` compiles)
+        model = torch.compile(model, dynamic=True)
 
     def run() -> None:
         with torch.inference_mode(), autocast(device, precision):
@@ -186,7 +189,12 @@ def write_bundle(encoder: OrthoEncoder, work: Path) -> Path:
 
 
 def end_to_end(
-    bundle_dir: Path, device: torch.device, precision: Precision, plan: Plan, files: list[Path]
+    bundle_dir: Path,
+    device: torch.device,
+    precision: Precision,
+    plan: Plan,
+    files: list[Path],
+    compile: bool,
 ) -> float:
     """Images/s of read + decode + preprocess + engine + heads over the written studies."""
     studies = collect_studies(files).studies
@@ -194,7 +202,9 @@ def end_to_end(
     warm, timed_studies = studies[:1], studies[1 : 1 + wanted]
     concurrent = max(2, plan.batch // 2)  # enough studies in flight to fill a batch
     bundle = load_bundle(bundle_dir, device=device)
-    analyser = StudyAnalyser(bundle, max_batch=plan.batch, max_wait_ms=20, precision=precision)
+    analyser = StudyAnalyser(
+        bundle, max_batch=plan.batch, max_wait_ms=20, precision=precision, compile=compile
+    )
     with analyser:
         analyse_studies(analyser, warm, concurrent_studies=1)
         start = time.perf_counter()
@@ -228,6 +238,9 @@ def main() -> None:
     parser.add_argument("--models", default="vits,vitl", help="comma list of vits, vitl")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     parser.add_argument("--quick", action="store_true", help="fewer iterations and images")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoder (worker.compile)"
+    )
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -238,7 +251,7 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     precisions = [Precision(p.strip()) for p in args.precisions.split(",") if p.strip()]
 
-    print(f"device: {describe_device(device)}")
+    print(f"device: {describe_device(device)}" + (", torch.compile" if args.compile else ""))
     peaks = {
         Precision.FP32: matmul_peak(device, torch.float32, args.quick),
         Precision.BF16: matmul_peak(device, torch.bfloat16, args.quick),
@@ -267,8 +280,8 @@ def main() -> None:
                     f"  {label} {precision.value}: batch {plan.batch}, "
                     f"{plan.iterations} timed iterations"
                 )
-                raw = raw_forward(encoder, device, precision, plan)
-                e2e = end_to_end(bundle_dir, device, precision, plan, files)
+                raw = raw_forward(encoder, device, precision, plan, args.compile)
+                e2e = end_to_end(bundle_dir, device, precision, plan, files, args.compile)
                 rows.append((label, precision, plan.batch, flops, raw, e2e))
             del encoder
 
