@@ -169,6 +169,50 @@ def worker(
     )
 
 
+store_app = typer.Typer(no_args_is_help=True, help="The instance store.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("check")
+def store_check(
+    repair: bool = typer.Option(False, "--repair", help="Index the stored files that have no index row."),
+    verify_hashes: bool = typer.Option(False, "--verify-hashes", help="Also compare every file's SHA-256 (reads all data)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    var_dir: Optional[Path] = typer.Option(None),
+    database_url: Optional[str] = typer.Option(None, "--database"),
+) -> None:
+    """Compare the store with the index: files without rows, rows without files, changed files.
+
+    Exit status 0 when everything matches (after --repair), 1 when something needs attention.
+    """
+    from ortho_node.db.engine import Database
+    from ortho_node.db.migrate import is_up_to_date
+    from ortho_node.ingest.reconcile import check_store
+    from ortho_node.store import InstanceStore
+
+    settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
+    configure_logging(settings.log_level)
+    db = Database(settings.effective_database_url)
+    if not is_up_to_date(db.engine):
+        err_console.print("[red]the index database is missing or not migrated[/red]: run `ortho-node db upgrade`")
+        raise typer.Exit(1)
+    store = InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir)
+    try:
+        report = check_store(store, db, repair=repair, verify_hashes=verify_hashes)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        table = Table(title="store check", show_header=False)
+        for key, value in report.to_dict().items():
+            table.add_row(key.replace("_", " "), str(value))
+        console.print(table)
+        if report.unindexed and not repair:
+            console.print("files without an index row: run `ortho-node store check --repair` to index them")
+    raise typer.Exit(0 if report.ok else 1)
+
+
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -199,9 +243,9 @@ def status(
     table.add_row("quarantined duplicates", str(snapshot.quarantined_duplicates))
     for state, count in snapshot.jobs_by_state.items():
         table.add_row(f"jobs {state}", str(count))
-    console.print(table)
     for state, count in snapshot.deliveries_by_state.items():
         table.add_row(f"deliveries {state}", str(count))
+    console.print(table)
     if snapshot.recent_failures:
         failures = Table(title="recent failures")
         for column in ("job", "study", "finished", "reason"):
