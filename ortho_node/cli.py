@@ -169,6 +169,14 @@ def worker(
     )
 
 
+@app.command()
+def conformance() -> None:
+    """Print the DICOM Conformance Statement of this node's configuration (markdown)."""
+    from ortho_node.conformance import conformance_statement
+
+    typer.echo(conformance_statement(_settings()))
+
+
 store_app = typer.Typer(no_args_is_help=True, help="The instance store.")
 app.add_typer(store_app, name="store")
 

@@ -18,6 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ortho_node.config import DimseSettings, TlsSettings
 from ortho_node.dimse import handlers
+from ortho_node.ingest.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ortho_node.ingest.service import IngestService
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
 
 def build_ae(settings: DimseSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu
     ae.acse_timeout = settings.acse_timeout_s
