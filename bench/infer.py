@@ -50,7 +50,12 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from ortho_node.model.bundle import Provenance, load_bundle, save_bundle  # noqa: E402
 from ortho_node.model.encoder import OrthoEncoder, build_encoder  # noqa: E402
-from ortho_node.model.engine import Precision, native_bf16, with_bf16_linear_weights  # noqa: E402
+from ortho_node.model.engine import (  # noqa: E402
+    Precision,
+    compile_for_inference,
+    native_bf16,
+    with_bf16_linear_weights,
+)
 from ortho_node.model.heads import create_head  # noqa: E402
 from ortho_node.model.infer import analyse_studies, collect_studies  # noqa: E402
 from ortho_node.model.study import StudyAnalyser  # noqa: E402
@@ -152,7 +157,7 @@ def raw_forward(
     # The forward the engine runs: in bf16, linear layers hold bf16 weights (no per-call cast).
     model = with_bf16_linear_weights(encoder) if precision is Precision.BF16 else encoder
     if compile:  # as the engine does (the warm-up call of ``timed`` compiles)
-        model = torch.compile(model, dynamic=True)
+        model = compile_for_inference(model)
 
     def run() -> None:
         with torch.inference_mode(), autocast(device, precision):
