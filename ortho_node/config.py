@@ -129,16 +129,21 @@ class DimseSettings(_Section):
 
 
 class HttpSettings(_Section):
-    """HTTP: ``/healthz``, ``/metrics`` (Prometheus) and the admin API under ``/api``.
+    """HTTP: ``/healthz``, ``/metrics`` (Prometheus), the admin API under ``/api`` and the
+    DICOMweb STOW-RS service under ``/dicomweb``.
 
     Without ``admin_token`` the server must listen on a loopback address (checked at start-up);
-    with it, admin routes need ``Authorization: Bearer <token>``.
+    with it, admin routes need ``Authorization: Bearer <token>``. STOW-RS needs the bearer
+    ``stow_token`` when set, else the ``admin_token`` when set (so it is never open beyond
+    loopback).
     """
 
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=1, le=65535)
     enabled: bool = True
     admin_token: SecretStr | None = None
+    stow_token: SecretStr | None = None
+    stow_max_bytes: int = Field(1 << 30, ge=1 << 20, description="largest STOW-RS request body (413 above)")
 
 
 class StableAge(_Section):

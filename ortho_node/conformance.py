@@ -154,9 +154,18 @@ def conformance_statement(settings: Settings) -> str:
         "",
         "## 4. DICOMweb",
         "",
+        "STOW-RS origin server: `POST /dicomweb/studies` and `POST /dicomweb/studies/{study}` on"
+        f" the HTTP port ({settings.http.port}), `multipart/related; type=\"application/dicom\"`"
+        " (Part 10 instances; the metadata + bulk data forms are refused with 415), bearer token"
+        " `http.stow_token` (else `http.admin_token`), bodies up to"
+        f" {settings.http.stow_max_bytes:,} bytes (413 above). Each instance takes the same path as"
+        " a C-STORE (durable, indexed, then reported stored); the response is DICOM JSON with the"
+        " Referenced SOP Sequence and a Failed SOP Sequence whose Failure Reasons are the C-STORE"
+        " statuses above (0xA900 also for an instance of another study than the one addressed):"
+        " 200 all stored, 202 some, 409 none.",
+        "",
         "STOW-RS user agent (destinations of kind `stow`; basic or bearer authentication) for the"
-        " same objects. The node offers no DICOMweb origin server yet (no STOW-RS, QIDO-RS or"
-        " WADO-RS receive) and no UPS-RS worklist.",
+        " result objects. No QIDO-RS, WADO-RS or UPS-RS yet.",
         "",
         "## 5. Character sets",
         "",

@@ -116,7 +116,7 @@ class Node:
         self.registry = CollectorRegistry()
         self.registry.register(IndexCollector(self.db, settings.quarantine_dir))
         if settings.http.enabled:  # built first: an unsafe HTTP setup stops start-up before any port opens
-            self.http = HttpServer(create_app(settings, self.db, self.registry), settings.http)
+            self.http = HttpServer(create_app(settings, self.db, self.registry, self.ingest), settings.http)
             self.http.start()
         self.scp = start_scp(settings.dimse, self.ingest, IngestMetrics(self.registry))
         if self._start_worker:

@@ -17,12 +17,9 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from ortho_node.config import AllowedCaller
-from ortho_node.dimse.status import EchoStatus, StoreStatus
-from ortho_node.ingest.header import InvalidDatasetError
-from ortho_node.ingest.indexer import IndexUnavailableError
+from ortho_node.dimse.status import EchoStatus, StoreStatus, failure_status, log_level_for
 from ortho_node.ingest.service import IngestOutcome, IngestService, ReceivedInstance
 from ortho_node.privacy import uid_ref
-from ortho_node.store import StoreFullError, StoreWriteError
 
 if TYPE_CHECKING:
     from ortho_node.web.metrics import IngestMetrics
@@ -80,22 +77,13 @@ def _store(event: Event, ingest: IngestService) -> int:
     )
     try:
         result = ingest.receive(item)
-    except InvalidDatasetError as exc:
-        status = StoreStatus.CANNOT_UNDERSTAND if exc.unparseable else StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
-        log.warning("C-STORE %s from %s refused (0x%04X): %s", sop_ref, peer, status, exc)
+    except Exception as exc:  # the SCP boundary: never success, always a logged failure
+        status = failure_status(exc)
+        if status is StoreStatus.PROCESSING_FAILURE:
+            log.exception("C-STORE %s from %s failed unexpectedly (0x0110)", sop_ref, peer)
+        else:
+            log.log(log_level_for(status), "C-STORE %s from %s refused (0x%04X): %s", sop_ref, peer, status, exc)
         return status
-    except StoreFullError as exc:
-        log.error("C-STORE %s from %s refused (0xA700): %s", sop_ref, peer, exc)
-        return StoreStatus.OUT_OF_RESOURCES
-    except StoreWriteError as exc:
-        log.error("C-STORE %s from %s refused (0xA701): %s", sop_ref, peer, exc)
-        return StoreStatus.OUT_OF_RESOURCES_WRITE_FAILED
-    except IndexUnavailableError as exc:
-        log.error("C-STORE %s from %s refused (0xA702): %s", sop_ref, peer, exc)
-        return StoreStatus.OUT_OF_RESOURCES_INDEX
-    except Exception:  # the SCP boundary: never success, always a logged failure
-        log.exception("C-STORE %s from %s failed unexpectedly (0x0110)", sop_ref, peer)
-        return StoreStatus.PROCESSING_FAILURE
     if result.outcome is IngestOutcome.CONFLICT:
         log.warning("C-STORE %s from %s: different content for a stored UID, quarantined", sop_ref, peer)
     else:

@@ -6,6 +6,11 @@ PS3.4 Annex B.2.3 (Storage Service Class statuses) and PS3.7 Annex C (general st
 from __future__ import annotations
 
 import enum
+import logging
+
+from ortho_node.ingest.header import InvalidDatasetError
+from ortho_node.ingest.indexer import IndexUnavailableError
+from ortho_node.store import StoreFullError, StoreWriteError
 
 
 class StoreStatus(enum.IntEnum):
@@ -38,3 +43,23 @@ class StoreStatus(enum.IntEnum):
 
 class EchoStatus(enum.IntEnum):
     SUCCESS = 0x0000
+
+
+def failure_status(exc: BaseException) -> StoreStatus:
+    """The storage status for an exception of :meth:`IngestService.receive` (C-STORE status,
+    or the STOW-RS Failure Reason: PS3.18 uses the same codes)."""
+    if isinstance(exc, InvalidDatasetError):
+        return StoreStatus.CANNOT_UNDERSTAND if exc.unparseable else StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    if isinstance(exc, StoreFullError):
+        return StoreStatus.OUT_OF_RESOURCES
+    if isinstance(exc, StoreWriteError):
+        return StoreStatus.OUT_OF_RESOURCES_WRITE_FAILED
+    if isinstance(exc, IndexUnavailableError):
+        return StoreStatus.OUT_OF_RESOURCES_INDEX
+    return StoreStatus.PROCESSING_FAILURE
+
+
+def log_level_for(status: StoreStatus) -> int:
+    """Bad input from the sender is a warning; the node's own trouble is an error."""
+    bad_input = (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    return logging.WARNING if status in bad_input else logging.ERROR

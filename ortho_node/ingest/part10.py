@@ -12,9 +12,14 @@ FileMetaDataset per instance cost more than everything else on the C-STORE path 
 
 from __future__ import annotations
 
+import io
 import struct
 
+import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
+
+from ortho_node.ingest.header import InvalidDatasetError
 
 from ortho_node import __version__
 
@@ -54,3 +59,34 @@ def part10_header(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
     )
     group_length = _short(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
     return PREAMBLE + group_length + body
+
+
+_GROUP_LENGTH_TAG = struct.pack("<HH2sH", 0x0002, 0x0000, b"UL", 4)
+
+
+def read_part10_meta(data: bytes | memoryview) -> tuple[FileMetaDataset, int]:
+    """The File Meta of a Part 10 file held in memory, and where its data set starts.
+
+    Raises
+    ------
+    InvalidDatasetError
+        (unparseable) No ``DICM`` prefix, no File Meta group length (Type 1, PS3.10 7.1), or a
+        meta group without the transfer syntax.
+    """
+    view = memoryview(data)
+    start = len(PREAMBLE)
+    if bytes(view[start - 4 : start]) != b"DICM":
+        raise InvalidDatasetError("not a DICOM Part 10 file (no DICM prefix)", unparseable=True)
+    if bytes(view[start : start + 8]) != _GROUP_LENGTH_TAG:
+        raise InvalidDatasetError("File Meta without its group length", unparseable=True)
+    (group_length,) = struct.unpack("<I", view[start + 8 : start + 12])
+    end = start + 12 + group_length
+    if end > len(view):
+        raise InvalidDatasetError("File Meta longer than the file", unparseable=True)
+    try:
+        meta = pydicom.dcmread(io.BytesIO(view[:end])).file_meta
+    except Exception as exc:  # pydicom raises several types for malformed meta
+        raise InvalidDatasetError(f"File Meta does not parse ({type(exc).__name__})", unparseable=True) from exc
+    if "TransferSyntaxUID" not in meta:
+        raise InvalidDatasetError("File Meta without a transfer syntax", unparseable=True)
+    return meta, end

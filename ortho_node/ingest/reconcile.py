@@ -24,14 +24,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
 from sqlalchemy import select
 
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Instance
 from ortho_node.ingest.header import InvalidDatasetError, parse_header
 from ortho_node.ingest.indexer import Indexer
+from ortho_node.ingest.part10 import read_part10_meta
 from ortho_node.ingest.sop_classes import out_of_scope_reason
 from ortho_node.privacy import uid_ref
 from ortho_node.store import InstanceStore
@@ -39,8 +38,6 @@ from ortho_node.store import InstanceStore
 log = logging.getLogger(__name__)
 
 RECOVERED_SOURCE = "recovered"
-_PREAMBLE_AND_PREFIX = 128 + 4
-_GROUP_LENGTH_ELEMENT = 12  # (0002,0000) UL, explicit VR little endian
 
 
 @dataclass
@@ -93,17 +90,10 @@ def _sha256(path: Path) -> str:
 
 def _recover(store: InstanceStore, indexer: Indexer, relative: str) -> None:
     """Index one unindexed file; raises InvalidDatasetError when it is not the instance its path names."""
-    path = store.absolute(relative)
-    try:
-        meta = read_file_meta_info(path)
-    except (InvalidDicomError, OSError, ValueError) as exc:
-        raise InvalidDatasetError(f"not a readable Part 10 file ({type(exc).__name__})") from exc
-    group_length = meta.get("FileMetaInformationGroupLength")
-    syntax = meta.get("TransferSyntaxUID")
-    if group_length is None or syntax is None:
-        raise InvalidDatasetError("file meta without group length or transfer syntax")
-    data = path.read_bytes()
-    header = parse_header(data[_PREAMBLE_AND_PREFIX + _GROUP_LENGTH_ELEMENT + int(group_length) :], str(syntax))
+    data = store.absolute(relative).read_bytes()
+    meta, offset = read_part10_meta(data)
+    syntax = str(meta.TransferSyntaxUID)
+    header = parse_header(data[offset:], syntax)
     expected = store.relative_path(
         study_uid=header.study_instance_uid,
         series_uid=header.series_instance_uid,
@@ -116,7 +106,7 @@ def _recover(store: InstanceStore, indexer: Indexer, relative: str) -> None:
         relative_path=relative,
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
-        transfer_syntax_uid=str(syntax),
+        transfer_syntax_uid=syntax,
         calling_ae=None,
         source=RECOVERED_SOURCE,
         out_of_scope_reason=out_of_scope_reason(header.sop_class_uid),

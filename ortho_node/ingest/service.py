@@ -37,14 +37,16 @@ class ReceivedInstance:
     ``dataset`` holds the encoded data set without File Meta, in ``transfer_syntax_uid``.
     ``declared_sop_class_uid`` / ``declared_sop_instance_uid`` are what the sender announced
     (DIMSE Affected SOP Class/Instance UID); None when the protocol has no such field.
+    ``expected_study_uid``: the study the request addressed (STOW-RS ``/studies/{study}``).
     """
 
-    dataset: BinaryIO | bytes
+    dataset: BinaryIO | bytes | memoryview
     transfer_syntax_uid: str
     declared_sop_class_uid: str | None = None
     declared_sop_instance_uid: str | None = None
     calling_ae: str | None = None
     source: str = "dimse"
+    expected_study_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,11 @@ class IngestService:
             raise InvalidDatasetError(
                 "SOP Instance UID in the data set differs from the declared one "
                 f"({uid_ref(header.sop_instance_uid)} vs {uid_ref(item.declared_sop_instance_uid)})"
+            )
+        if item.expected_study_uid and item.expected_study_uid != header.study_instance_uid:
+            raise InvalidDatasetError(
+                f"Study Instance UID {uid_ref(header.study_instance_uid)} is not the study the request "
+                f"addressed ({uid_ref(item.expected_study_uid)})"
             )
         if item.declared_sop_class_uid and item.declared_sop_class_uid != header.sop_class_uid:
             raise InvalidDatasetError(

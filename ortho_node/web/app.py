@@ -1,4 +1,5 @@
-"""The HTTP side of the node: health, Prometheus metrics and the admin status API (FastAPI).
+"""The HTTP side of the node: health, Prometheus metrics, the admin status API and DICOMweb
+STOW-RS (FastAPI).
 
 One router per area. The admin router carries its auth as a dependency, so no admin route can
 forget it: a bearer token when ``http.admin_token`` is set; without one the server only binds
@@ -8,6 +9,7 @@ to a loopback address (checked at start-up).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
@@ -17,21 +19,34 @@ from sqlalchemy import text
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
+from ortho_node.ingest.service import IngestService
 from ortho_node.status import collect_status
+from ortho_node.web.stow import stow_router
 
 _bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(settings: Settings, db: Database, registry: CollectorRegistry) -> FastAPI:
-    app = FastAPI(title="ortho-node", version="1", docs_url=None, redoc_url=None)
-    token = settings.http.admin_token.get_secret_value() if settings.http.admin_token else None
+def bearer_check(token: str | None, what: str) -> Callable[..., None]:
+    """A dependency requiring ``Authorization: Bearer <token>``; None lets every request in
+    (only allowed on a loopback-only server, enforced at start-up)."""
 
-    def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    def check(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
         if token is None:
-            return  # loopback-only server (enforced at start-up)
+            return
         if credentials is None or not secrets.compare_digest(credentials.credentials, token):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid admin bearer token is required",
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"a valid {what} bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def create_app(
+    settings: Settings, db: Database, registry: CollectorRegistry, ingest: IngestService | None = None
+) -> FastAPI:
+    app = FastAPI(title="ortho-node", version="1", docs_url=None, redoc_url=None)
+    http = settings.http
+    admin_token = http.admin_token.get_secret_value() if http.admin_token else None
+    require_admin = bearer_check(admin_token, "admin")
 
     health = APIRouter(tags=["health"])
 
@@ -56,4 +71,9 @@ def create_app(settings: Settings, db: Database, registry: CollectorRegistry) ->
 
     app.include_router(health)
     app.include_router(admin)
+    if ingest is not None:
+        stow_token = http.stow_token.get_secret_value() if http.stow_token else admin_token
+        app.include_router(
+            stow_router(ingest, max_bytes=http.stow_max_bytes, authorise=bearer_check(stow_token, "STOW-RS"))
+        )
     return app

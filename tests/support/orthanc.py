@@ -22,6 +22,7 @@ class Orthanc:
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
+        self.dicomweb_servers: dict[str, list[str]] = {}  # name -> [url, (user, password)]
         self.process: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -48,7 +49,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": False,
             "Plugins": [PLUGINS],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": self.dicomweb_servers},
             "StableAge": 2,
         }
         path = self.workdir / "orthanc.json"
@@ -98,6 +99,16 @@ class Orthanc:
         """What a PACS routing rule does: C-STORE the whole study to a configured modality."""
         response = httpx.post(
             f"{self.url}/modalities/{modality}/store", content=self.study_id(study_instance_uid), timeout=300
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def stow_study_to(self, server: str, study_instance_uid: str) -> dict:
+        """Orthanc's DICOMweb client sends the whole study by STOW-RS to a configured server."""
+        response = httpx.post(
+            f"{self.url}/dicom-web/servers/{server}/stow",
+            json={"Resources": [self.study_id(study_instance_uid)], "Synchronous": True},
+            timeout=300,
         )
         response.raise_for_status()
         return response.json()
