@@ -106,6 +106,10 @@ def test_stow_refusals_are_precise(node_factory, study):
     assert failed[REFERENCED_SOP_INSTANCE_UID]["Value"] == [sop]
     assert not list((node.var_dir / "store").rglob(f"{sop}.dcm"))
     assert httpx.get(f"http://127.0.0.1:{node.config['http']['port']}/healthz").status_code == 200
+    metrics = httpx.get(f"http://127.0.0.1:{node.config['http']['port']}/metrics").text
+    assert 'ortho_stow_instances_total{status="0x0000"} 1.0' in metrics
+    assert 'ortho_stow_instances_total{status="0xC000"} 1.0' in metrics
+    assert 'ortho_stow_instances_total{status="0xA900"} 1.0' in metrics
 
 
 @pytest.mark.orthanc

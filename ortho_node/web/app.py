@@ -21,6 +21,7 @@ from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.ingest.service import IngestService
 from ortho_node.status import collect_status
+from ortho_node.web.metrics import StowMetrics
 from ortho_node.web.stow import stow_router
 
 _bearer = HTTPBearer(auto_error=False)
@@ -74,6 +75,11 @@ def create_app(
     if ingest is not None:
         stow_token = http.stow_token.get_secret_value() if http.stow_token else admin_token
         app.include_router(
-            stow_router(ingest, max_bytes=http.stow_max_bytes, authorise=bearer_check(stow_token, "STOW-RS"))
+            stow_router(
+                ingest,
+                max_bytes=http.stow_max_bytes,
+                authorise=bearer_check(stow_token, "STOW-RS"),
+                metrics=StowMetrics(registry),
+            )
         )
     return app

@@ -38,6 +38,21 @@ class IngestMetrics:
             self.bytes.inc(size)
 
 
+class StowMetrics:
+    """What the STOW-RS service counts: instances by outcome."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.instances = Counter(
+            "ortho_stow_instances",
+            "Instances received by STOW-RS, by status (0x0000 stored, else the Failure Reason)",
+            ["status"],
+            registry=registry,
+        )
+
+    def observe(self, status: int) -> None:
+        self.instances.labels(status=f"0x{status:04X}").inc()
+
+
 class IndexCollector(Collector):
     """Queue and delivery gauges, computed from the index at each scrape."""
 

@@ -27,6 +27,7 @@ from ortho_node.ingest.header import InvalidDatasetError
 from ortho_node.ingest.part10 import read_part10_meta
 from ortho_node.ingest.service import IngestService, ReceivedInstance
 from ortho_node.privacy import uid_ref
+from ortho_node.web.metrics import StowMetrics
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,13 @@ def _response_body(outcomes: list[_Outcome]) -> dict:
     return response.to_json_dict()
 
 
-def stow_router(ingest: IngestService, *, max_bytes: int, authorise: Callable[..., None]) -> APIRouter:
+def stow_router(
+    ingest: IngestService,
+    *,
+    max_bytes: int,
+    authorise: Callable[..., None],
+    metrics: StowMetrics | None = None,
+) -> APIRouter:
     """The STOW-RS routes; ``authorise`` is the dependency that checks the bearer token."""
     router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=[Depends(authorise)])
 
@@ -179,6 +186,9 @@ def stow_router(ingest: IngestService, *, max_bytes: int, authorise: Callable[..
                 log.warning("STOW-RS part refused (0xC000): media type %s", declared)
                 continue
             outcomes.append(_store_part(ingest, content, study_uid))
+        if metrics is not None:
+            for outcome in outcomes:
+                metrics.observe(0 if outcome.failure is None else int(outcome.failure))
         stored = sum(o.failure is None for o in outcomes)
         code = 200 if stored == len(outcomes) else 202 if stored else 409
         log.info("STOW-RS: %d of %d instance(s) stored", stored, len(outcomes))
