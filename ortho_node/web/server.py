@@ -46,7 +46,7 @@ class HttpServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the HTTP server did not start (port in use?)")
             time.sleep(0.05)
-        log.info("HTTP (health, metrics, admin API) on %s:%d", self._server.config.host, self._server.config.port)
+        log.info("HTTP (health, metrics, admin API, STOW-RS) on %s:%d", self._server.config.host, self._server.config.port)
 
     def stop(self) -> None:
         self._server.should_exit = True
