@@ -10,7 +10,9 @@ import pytest
 
 from ortho_node.model import load_bundle, verify_bundle
 from tests.test_training_support import fresh_studies
+from training.demo import release_gate
 from training.evaluate import TaskEvaluation, evaluate_bundle_on_studies
+from training.metrics import MetricValue
 from training.tasks import DEMO_TASKS
 
 DEMO = Path(__file__).resolve().parents[1] / "ortho_node" / "assets" / "demo_bundle"
@@ -21,7 +23,11 @@ def test_demo_bundle_loads_verifies_and_is_labelled_synthetic() -> None:
     assert report.ok, report.describe()
     bundle = load_bundle(DEMO)
     manifest = bundle.manifest
-    assert set(DEMO_TASKS) <= set(manifest.trained_heads)
+    # The release gate withheld the meniscus head (its AUROC interval includes 0.5): it ships
+    # with its weights, marked untrained, so the node never reports it.
+    assert set(manifest.trained_heads) == set(DEMO_TASKS) - {"meniscus"}
+    assert "meniscus" in manifest.head_names
+    assert any(note.startswith("release gate: meniscus withheld") for note in manifest.provenance.import_notes)
     assert manifest.provenance.synthetic is True
     assert "NOT FOR CLINICAL USE" in manifest.provenance.disclaimer
     assert "synthetic" in manifest.provenance.intended_use.lower()
@@ -57,3 +63,19 @@ def test_demo_bundle_is_well_above_chance_on_fresh_phantoms(
     for metric, floor in FLOORS[task].items():
         value = evaluation.metrics[metric].value
         assert value >= floor, f"{task} {metric} {value:.3f} < {floor} ({evaluation.to_dict()})"
+
+
+def test_release_gate_withholds_heads_whose_interval_includes_chance() -> None:
+    def evaluation(task: str, metric: str, value: float, low: float, high: float) -> TaskEvaluation:
+        return TaskEvaluation(task, 100, 0.6, {metric: MetricValue(value, low, high)})
+
+    gate = release_gate(
+        {
+            "acl": evaluation("acl", "auroc", 0.93, 0.88, 0.97),
+            "meniscus": evaluation("meniscus", "auroc", 0.58, 0.46, 0.69),
+            "kl_grade": evaluation("kl_grade", "qwk", 0.40, 0.25, 0.55),
+            "oa_present": evaluation("oa_present", "auroc", 0.55, 0.50, 0.60),  # low bound at chance
+        }
+    )
+    assert set(gate) == {"meniscus", "oa_present"}
+    assert "0.580 [0.460, 0.690]" in gate["meniscus"]

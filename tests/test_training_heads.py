@@ -83,6 +83,7 @@ def test_full_finetune_trains_pooling_end_to_end_and_exports(
         synthetic=True,
         temperatures=saved.temperatures,
         include_untrained=["pcl"],
+        withheld=["meniscus"],
     )
     report = verify_bundle(bundle)
     assert report.ok, report.describe()
@@ -91,8 +92,12 @@ def test_full_finetune_trains_pooling_end_to_end_and_exports(
         loaded.manifest.provenance.synthetic
         and "NOT FOR CLINICAL USE" in loaded.manifest.provenance.disclaimer
     )
-    assert set(loaded.reportable_heads) == {"kl_grade", "oa_present", "acl", "meniscus"}
+    assert set(loaded.reportable_heads) == {"kl_grade", "oa_present", "acl"}
     assert loaded.manifest.head("pcl").trained is False
+    # Withheld: its trained weights ship, but it is marked untrained and never reported.
+    assert loaded.manifest.head("meniscus").trained is False
+    withheld_weights = loaded.head("meniscus", allow_untrained=True).state_dict()
+    assert all(torch.equal(v, saved.heads["meniscus"].state_dict()[k]) for k, v in withheld_weights.items())
     assert loaded.heads["acl"].spec.temperature == pytest.approx(trained.temperatures["acl"])
     # The bundle computes exactly what the trained modules compute.
     predictions = predict_heads(trained.model, corpus)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ortho_node.model.encoder import OrthoEncoder
+from ortho_node.model.heads import head_spec
 from training.data.corpus import TensorCorpus
 from training.data.loaders import PipelineOptions
 from training.data.shards import read_shards, write_shards
@@ -37,6 +38,7 @@ from training.encoders import load_encoder
 from training.evaluate import TaskEvaluation, evaluate_bundle_on_phantoms, evaluation_markdown
 from training.export import export_bundle, export_encoder_bundle
 from training.heads.finetune import FinetuneConfig, heads_for, train_heads
+from training.label_efficiency import headline_metric
 from training.logs import MetricsLog
 from training.tasks import DEMO_TASKS
 
@@ -233,11 +235,37 @@ def build_demo_model(
             f"{evaluation.chance_accuracy:.3f}): {metrics}"
         )
         log.write("demo_evaluation", **evaluation.to_dict())
-    export_bundle(out_dir, notes=notes, overwrite=overwrite, **export_kwargs)
+    withheld = release_gate(evaluations)
+    for name, reason in withheld.items():
+        notes.append(f"release gate: {name} withheld (trained: false, never reported): {reason}")
+        say(f"release gate: {name} withheld: {reason}")
+    export_bundle(out_dir, notes=notes, overwrite=overwrite, withheld=withheld, **export_kwargs)
     (out_dir / "EVALUATION.md").write_text(
-        _evaluation_document(config, evaluations, train, val), encoding="utf-8"
+        _evaluation_document(config, evaluations, train, val, withheld), encoding="utf-8"
     )
     return evaluations
+
+
+CHANCE_LEVEL = {"auroc": 0.5, "qwk": 0.0}
+"""Headline metric values an uninformative head scores."""
+
+
+def release_gate(evaluations: Mapping[str, TaskEvaluation]) -> dict[str, str]:
+    """Heads to withhold, with the reason: those whose headline metric's 95 % interval on the
+    fresh evaluation phantoms does not clear chance (AUROC 0.5, QWK 0). A withheld head ships
+    marked ``trained: false``, so the node never shows its output to anyone."""
+    withheld: dict[str, str] = {}
+    for name, evaluation in evaluations.items():
+        metric = headline_metric(head_spec(name))
+        value = evaluation.metrics.get(metric)
+        if value is None:
+            continue
+        if value.low <= CHANCE_LEVEL[metric]:
+            withheld[name] = (
+                f"{metric} {value.value:.3f} [{value.low:.3f}, {value.high:.3f}] on {evaluation.n} "
+                f"fresh phantoms does not clear chance ({CHANCE_LEVEL[metric]})"
+            )
+    return withheld
 
 
 def _cached_corpus(
@@ -312,6 +340,7 @@ def _evaluation_document(
     evaluations: dict[str, TaskEvaluation],
     train: TensorCorpus,
     val: TensorCorpus,
+    withheld: Mapping[str, str],
 ) -> str:
     return (
         f"# {config.name} {config.version}: evaluation on fresh phantoms\n\n"
@@ -326,7 +355,18 @@ def _evaluation_document(
         "seeds and patient numbers the training never used, run through the node's own "
         "preprocessing, series selection, encoder, heads and calibration "
         "(`training.evaluate.evaluate_bundle_on_phantoms`). 95 % percentile-bootstrap intervals "
-        "(1000 resamples).\n\n" + evaluation_markdown(evaluations)
+        "(1000 resamples).\n\n" + evaluation_markdown(evaluations) + _withheld_markdown(withheld)
+    )
+
+
+def _withheld_markdown(withheld: Mapping[str, str]) -> str:
+    if not withheld:
+        return ""
+    lines = "".join(f"- **{name}**: {reason}.\n" for name, reason in sorted(withheld.items()))
+    return (
+        "\n## Withheld heads\n\nThe release gate (`training.demo.release_gate`) withholds a head whose "
+        "interval does not clear chance: it ships marked `trained: false`, and the node never "
+        "reports it.\n\n" + lines
     )
 
 

@@ -67,6 +67,7 @@ def export_bundle(
     synthetic: bool,
     temperatures: Mapping[str, float] | None = None,
     include_untrained: Iterable[str] | bool = False,
+    withheld: Iterable[str] = (),
     license: str = "Apache-2.0",
     intended_use: str | None = None,
     disclaimer: str | None = None,
@@ -99,6 +100,9 @@ def export_bundle(
         Fitted calibration temperatures by head name.
     include_untrained : iterable of str or bool, optional
         Registered heads to add initialised and marked ``trained: false`` (True: all others).
+    withheld : iterable of str, optional
+        Heads of ``heads`` kept with their weights but marked ``trained: false``, so the node
+        never reports them (a head that failed its release gate, e.g. no better than chance).
     license, intended_use, disclaimer, notes, description, mean, std, overwrite :
         Manifest fields; ``notes`` go to ``provenance.import_notes``.
 
@@ -107,8 +111,11 @@ def export_bundle(
     TypeError, ValueError
         For bad arguments (nothing is written then).
     """
-    if not heads:
-        raise ValueError("heads must hold at least one trained head")
+    withheld = set(withheld)
+    if withheld - set(heads):
+        raise ValueError(f"withheld names heads that are not exported: {sorted(withheld - set(heads))}")
+    if not set(heads) - withheld:
+        raise ValueError("heads must hold at least one trained head that is not withheld")
     temperatures = dict(temperatures or {})
     unknown = set(temperatures) - set(heads)
     if unknown:
@@ -140,7 +147,7 @@ def export_bundle(
         out_dir,
         encoder=encoder,
         heads=modules,
-        trained=list(heads),
+        trained=[name for name in heads if name not in withheld],
         name=name,
         version=version,
         provenance=provenance,
