@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ortho_node.config import Settings
+from ortho_node.db.engine import Database
+from ortho_node.db.migrate import upgrade
 from tests.support.peers import NodeProcess, RedisServer, fresh_postgres_database, node_config
 
 
@@ -67,3 +71,19 @@ def orthanc(tmp_path: Path):
     pacs = Orthanc(tmp_path / "orthanc").start()
     yield pacs
     pacs.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Database]:
+    """The index, migrated, on SQLite under ``settings.var_dir`` (the default) and on a fresh
+    PostgreSQL database. Modules that use it define their own ``settings`` fixture."""
+    settings.var_dir.mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = settings.effective_database_url
+        else:
+            url = stack.enter_context(fresh_postgres_database())
+        upgrade(url)
+        database = Database(url)
+        stack.callback(database.dispose)
+        yield database

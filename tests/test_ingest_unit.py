@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
 import zlib
@@ -15,7 +14,6 @@ from sqlalchemy import select
 
 from ortho_node.config import RoutingMatch, RoutingRule, Settings
 from ortho_node.db.engine import Database
-from ortho_node.db.migrate import upgrade
 from ortho_node.db.models import Instance, Job, JobState, Study, StudyState, utcnow
 from ortho_node.ingest.assembler import Assembler
 from ortho_node.ingest.header import InvalidDatasetError
@@ -24,7 +22,6 @@ from ortho_node.ingest.service import IngestOutcome, IngestService, ReceivedInst
 from ortho_node.store import InstanceStore
 from tests.support.datasets import encode, small_image
 from tests.support.dicomfiles import dataset_bytes
-from tests.support.peers import fresh_postgres_database
 
 EXPLICIT = str(ExplicitVRLittleEndian)
 
@@ -34,19 +31,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(var_dir=tmp_path / "var", stable_age={"default_s": 5, "per_modality": {"MR": 20, "DX": 5}})
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db(settings: Settings, request: pytest.FixtureRequest):
-    """The index on SQLite (the default) and on a fresh PostgreSQL database."""
-    settings.var_dir.mkdir(parents=True)
-    with contextlib.ExitStack() as stack:
-        if request.param == "sqlite":
-            url = settings.effective_database_url
-        else:
-            url = stack.enter_context(fresh_postgres_database())
-        upgrade(url)
-        database = Database(url)
-        stack.callback(database.dispose)
-        yield database
 
 
 @pytest.fixture
