@@ -108,10 +108,7 @@ def run_label_efficiency(
             cache = extract_features(
                 encoder,
                 train,
-                device=config.device,
-                precision=config.precision,
-                mean=config.mean,
-                std=config.std,
+                **config.encoding(),
             )
         for fraction in sorted(fractions):
             chosen = set(patient_subset(patients, fraction=fraction, seed=seed))
@@ -129,10 +126,7 @@ def run_label_efficiency(
             predictions = predict_heads(
                 trained.model,
                 test,
-                device=config.device,
-                precision=config.precision,
-                mean=config.mean,
-                std=config.std,
+                **config.encoding(),
             )
             evaluations = evaluate_predictions(
                 predictions, temperatures=trained.temperatures, resamples=resamples, seed=seed

@@ -21,6 +21,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,6 +116,11 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+
+    def encoding(self) -> dict[str, Any]:
+        """How images are encoded: keyword arguments of :func:`extract_features` and
+        :func:`predict_heads`."""
+        return {"device": self.device, "precision": self.precision, "mean": self.mean, "std": self.std}
 
 
 @dataclass(frozen=True)
@@ -379,10 +385,7 @@ def train_heads(
             else extract_features(
                 model.encoder,
                 train,
-                device=config.device,
-                precision=config.precision,
-                mean=config.mean,
-                std=config.std,
+                **config.encoding(),
             )
         )
         if len(train_features) != len(train):
@@ -394,10 +397,7 @@ def train_heads(
         val_features = extract_features(
             model.encoder,
             val,
-            device=config.device,
-            precision=config.precision,
-            mean=config.mean,
-            std=config.std,
+            **config.encoding(),
         )
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config), betas=(0.9, 0.999))
@@ -481,10 +481,7 @@ def train_heads(
                     model,
                     val,
                     features=val_features,
-                    device=config.device,
-                    precision=config.precision,
-                    mean=config.mean,
-                    std=config.std,
+                    **config.encoding(),
                 )
                 model.to(device)
                 val_loss = _validation_loss(predictions)
