@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from ortho_node.model.findings import ImageRef, Laterality, OutcomeStatus, StudyFindings, TaskOutcome
-from ortho_node.results import FindingsReport, ResultObjects, ResultUIDs, build_result_objects
+from ortho_node.results import FindingsReport, ResultBuilder, ResultObjects, ResultUIDs, build_result_objects
 from tests.results_support import (
     KL_VALUES,
     acl_finding,
@@ -286,6 +286,51 @@ def test_real_model_without_disclaimer_has_no_disclaimer_or_synthetic_label(tmp_
     case = _build(tmp_path, study(su, model=real, findings=(kl_finding(dx),)), [dx])
     assert "synthetic" not in case.results.sr.SeriesDescription
     assert not items_named(case.results.sr, "C0034375", "UMLS")
+
+
+def test_staged_builder_gives_the_objects_of_the_one_call(mri: Case):
+    """The pipeline builds the SR, stores and sends it, then the captures: same objects, same UIDs."""
+    builder = ResultBuilder(mri.findings, mri.sources, include_key_objects=True)
+    report = builder.report()
+    staged = (report, *builder.attachments(report))
+    assert [o.kind for o in staged] == [o.kind for o in mri.results]
+    assert [o.dataset.SOPInstanceUID for o in staged] == [o.dataset.SOPInstanceUID for o in mri.results]
+    ko = staged[-1].dataset
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for study in ko.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert report.dataset.SOPInstanceUID in referenced, "the KO selects the SR that was sent first"
+
+
+def test_staged_builder_rejects_a_report_of_another_revision(mri: Case):
+    first = ResultBuilder(mri.findings, mri.sources).report()
+    later = ResultBuilder(mri.findings, mri.sources, revision=1, predecessor=mri.results.sr_reference())
+    with pytest.raises(ValueError, match="not the SR of these findings and this revision"):
+        later.attachments(first)
+    with pytest.raises(ValueError, match="report must be the SR"):
+        later.attachments(mri.results.objects[1])
+    with pytest.raises(TypeError, match="revision must be an int"):
+        ResultBuilder(mri.findings, mri.sources, revision="1")
+
+
+def test_report_content_is_its_own_and_copies_of_it_are_independent(mri: Case):
+    """The SR adopts its content tree without highdicom's defensive copy; what is left behind
+    must still behave as a normal dataset: a deep copy is independent of the original."""
+    sr = mri.results.sr
+    items = len(sr.ContentSequence)
+    clone = copy.deepcopy(sr)
+    clone.ContentSequence[0].RelationshipType = "CONTAINS"
+    clone.ContentSequence.clear()
+    assert len(sr.ContentSequence) == items > 0
+    assert sr.ContentSequence[0].RelationshipType == "HAS CONCEPT MOD"
+    assert clone.content[0] is not sr.content[0], "highdicom's parsed content tree is copied too"
+    clone.content[0].ContentSequence.clear()
+    assert len(sr.content[0].ContentSequence) == items
+    again = build_result_objects(mri.findings, sources=mri.sources).sr
+    assert again.ContentSequence == sr.ContentSequence, "building twice gives the same content"
 
 
 # --- bad input -----------------------------------------------------------------------------

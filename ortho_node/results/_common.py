@@ -152,6 +152,15 @@ class SourceIndex:
             self._headers[uid] = header_copy(self._by_uid[uid])
         return self._headers[uid]
 
+    def reference(self, image: ImageRef | str) -> Dataset:
+        """The source's identity (SOP class and instance, series, study, modality) and nothing else:
+        what an evidence list needs of every entry but the first, without copying whole headers."""
+        source = self.dataset(image)
+        view = Dataset()
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"):
+            setattr(view, keyword, source[keyword].value)
+        return view
+
     def headers(self, images: Sequence[ImageRef]) -> list[Dataset]:
         """Header copies of the distinct images among ``images``, in first-seen order."""
         return [self.header(uid) for uid in dict.fromkeys(i.sop_instance_uid for i in images)]

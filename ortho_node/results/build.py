@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -83,6 +84,72 @@ class ResultObjects:
         return PredecessorRef.from_dataset(self.sr)
 
 
+@dataclass(frozen=True)
+class ResultBuilder:
+    """The result objects of one study and revision, built in two stages so the SR can leave first.
+
+    :meth:`report` builds the SR (small, what viewers and downstream systems read);
+    :meth:`attachments` builds the Secondary Captures (rendered images, megabytes each) and the
+    optional Key Object Selection, which references the SR. The pipeline stores and delivers
+    the SR before it renders the captures; :func:`build_result_objects` runs both stages.
+    Arguments are those of :func:`build_result_objects`.
+    """
+
+    findings: StudyFindings
+    sources: Sequence[Dataset]
+    display_arrays: Mapping[str, np.ndarray] | None = None
+    revision: int = 0
+    predecessor: PredecessorRef | None = None
+    include_key_objects: bool = False
+    key_object_title: KeyObjectTitle | str = KeyObjectTitle.OF_INTEREST
+    series_numbers: SeriesNumbers = SeriesNumbers()
+    uid_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        check_findings(self.findings)
+        if not isinstance(self.include_key_objects, bool):
+            raise TypeError(f"include_key_objects must be a bool, got {type(self.include_key_objects).__name__}")
+        if not isinstance(self.series_numbers, SeriesNumbers):
+            raise TypeError(f"series_numbers must be a SeriesNumbers, got {type(self.series_numbers).__name__}")
+        self.uids  # noqa: B018 - checks revision and uid_prefix now, not at the first build
+
+    @cached_property
+    def uids(self) -> ResultUIDs:
+        return ResultUIDs.for_findings(self.findings, revision=self.revision, prefix=self.uid_prefix)
+
+    def report(self) -> ResultObject:
+        """The SR."""
+        sr = FindingsReport(
+            self.findings, sources=self.sources, uids=self.uids,
+            series_number=self.series_numbers.sr, predecessor=self.predecessor,
+        )
+        return ResultObject(ResultKind.SR, sr)
+
+    def attachments(self, report: ResultObject) -> tuple[ResultObject, ...]:
+        """The Secondary Captures (one per key image), then the KO when asked for."""
+        if report.kind is not ResultKind.SR:
+            raise ValueError(f"report must be the SR of this study, got a {report.kind.value} object")
+        uids = self.uids
+        if report.dataset.SOPInstanceUID != uids.instance(ResultKind.SR):
+            raise ValueError("report is not the SR of these findings and this revision (its SOP Instance UID differs)")
+        captures = FindingsCapture.for_study(
+            self.findings, sources=self.sources, uids=uids, series_number=self.series_numbers.sc,
+            display_arrays=self.display_arrays,
+        )
+        objects = [ResultObject(ResultKind.SC, sc) for sc in captures]
+        if self.include_key_objects:
+            ko = FindingsKeyObjects(
+                self.findings,
+                sources=self.sources,
+                results=[report.dataset, *captures],
+                uids=uids,
+                series_number=self.series_numbers.ko,
+                title=self.key_object_title,
+            )
+            objects.append(ResultObject(ResultKind.KO, ko))
+        return tuple(objects)
+
+
 def build_result_objects(
     findings: StudyFindings,
     *,
@@ -137,30 +204,21 @@ def build_result_objects(
     ValueError
         An argument has a wrong value (see the builders).
     """
-    findings = check_findings(findings)
-    if not isinstance(include_key_objects, bool):
-        raise TypeError(f"include_key_objects must be a bool, got {type(include_key_objects).__name__}")
-    if not isinstance(series_numbers, SeriesNumbers):
-        raise TypeError(f"series_numbers must be a SeriesNumbers, got {type(series_numbers).__name__}")
-    uids = ResultUIDs.for_findings(findings, revision=revision, prefix=uid_prefix)
-
-    sr = FindingsReport(findings, sources=sources, uids=uids, series_number=series_numbers.sr, predecessor=predecessor)
-    captures = FindingsCapture.for_study(
-        findings, sources=sources, uids=uids, series_number=series_numbers.sc, display_arrays=display_arrays
+    builder = ResultBuilder(
+        check_findings(findings),
+        sources,
+        display_arrays=display_arrays,
+        revision=revision,
+        predecessor=predecessor,
+        include_key_objects=include_key_objects,
+        key_object_title=key_object_title,
+        series_numbers=series_numbers,
+        uid_prefix=uid_prefix,
     )
-    objects = [ResultObject(ResultKind.SR, sr)] + [ResultObject(ResultKind.SC, sc) for sc in captures]
-    if include_key_objects:
-        ko = FindingsKeyObjects(
-            findings,
-            sources=sources,
-            results=[sr, *captures],
-            uids=uids,
-            series_number=series_numbers.ko,
-            title=key_object_title,
-        )
-        objects.append(ResultObject(ResultKind.KO, ko))
+    report = builder.report()
+    objects = (report, *builder.attachments(report))
     logger.debug(
         "built %s for study %s revision %d (model %s)",
         ", ".join(o.kind.value for o in objects), uid_ref(findings.study_instance_uid), revision, findings.model.label,
     )
-    return ResultObjects(objects=tuple(objects), revision=revision)
+    return ResultObjects(objects=objects, revision=revision)

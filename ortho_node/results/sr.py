@@ -238,6 +238,20 @@ def _check_unique_keys(findings: StudyFindings) -> None:
         outcomes.add(key)
 
 
+class _HandedOverContent(hd.sr.ContainerContentItem):
+    """The root of a content tree built for one document and handed to highdicom whole.
+
+    highdicom's SR constructor deep-copies the content it is given, so that a caller's tree
+    stays untouched. :class:`FindingsReport` builds its tree for that one document and never
+    touches it again, so the copy (a third of the time to build a 30-slice MRI report) is
+    skipped: deep-copying this root returns the root. highdicom re-types it as a plain
+    ``ContainerContentItem`` when it adopts it (``from_dataset(copy=False)``).
+    """
+
+    def __deepcopy__(self, memo: dict) -> "_HandedOverContent":
+        return self
+
+
 class FindingsReport(hd.sr.Comprehensive3DSR):
     """Comprehensive 3D SR (TID 1500) with the AI findings of one study.
 
@@ -295,7 +309,15 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
 
         model = findings.model
         referenced = _referenced_images(findings)
-        evidence = index.headers(referenced) if referenced else [index.header(ds.SOPInstanceUID) for ds in index.sources]
+        images = (
+            list(dict.fromkeys(i.sop_instance_uid for i in referenced))
+            if referenced
+            else [str(ds.SOPInstanceUID) for ds in index.sources]
+        )
+        # highdicom takes patient, study and character set from the first entry and only UIDs from
+        # the others: one full header copy, identities for the rest (a 30-slice series' headers
+        # cost more to deep-copy than the whole report to build).
+        evidence = [index.header(images[0]), *(index.reference(uid) for uid in images[1:])]
         groups = [finding_group(f, model=model, uids=uids) for f in findings.findings]
         if not findings.in_scope:
             groups.append(
@@ -332,13 +354,14 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
             observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(model)),
             procedure_reported=[p.value for p in oc.ProcedureReported.for_modalities(modalities)],
             imaging_measurements=groups,
-            referenced_images=[_library_view(h) for h in evidence],
+            referenced_images=[_library_view(index.dataset(uid)) for uid in images],
         )
         statements = _document_evaluations(findings)
         if statements is not None:
             report[0].ContentSequence.append(statements)
 
         schemes = _schemes_in_use(findings)
+        report[0].__class__ = _HandedOverContent
         super().__init__(
             evidence=evidence,
             content=report,
@@ -358,6 +381,8 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
             software_versions=model.version,
             specific_character_set=character_set(evidence[0], texts_of(findings)),
         )
+        if type(report[0]) is _HandedOverContent:  # not adopted in place (a future highdicom): plain again
+            report[0].__class__ = hd.sr.ContainerContentItem
         self.DeviceUID = model.device_uid
 
     @classmethod
