@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from ortho_node.db.models import JobState
+from sqlalchemy import func, select
+
+from ortho_node.db.models import Delivery, JobState, StoredResult
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
 from tests.support.orthanc import Orthanc
 from tests.support.studies import send_with_storescu
@@ -73,6 +75,18 @@ def test_orthanc_push_comes_back_as_sr_and_sc_in_the_same_study(node_factory, tm
         assert len(found[SC]) >= 1 and all(sc["BurnedInAnnotation"] == "YES" for sc in found[SC])
         sides = {f["side"] for f in job.summary["findings"] if f["task"] == "kl_grade"}
         assert sides == {"L", "R"}
+        # The SR leaves first: it was in Orthanc before the first capture was even rendered.
+        db = node.index()
+        try:
+            with db.session() as s:
+                sr_sent = s.scalar(
+                    select(Delivery.sent_at).join(StoredResult, Delivery.result_id == StoredResult.id).where(StoredResult.kind == "sr")
+                )
+                first_capture = s.scalar(select(func.min(StoredResult.created_at)).where(StoredResult.kind == "sc"))
+        finally:
+            db.dispose()
+        assert sr_sent is not None and first_capture is not None and sr_sent < first_capture
+        assert {"build_report", "deliver_report", "build_attachments"} <= set(job.summary["timing_s"])
 
         # A routing rule that sends the whole study back (now with our SR/SC) must not loop.
         orthanc.push_study_to("node", knee_study.study_instance_uid)

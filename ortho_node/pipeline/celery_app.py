@@ -96,7 +96,15 @@ def build_analysis_step(context: WorkerContext) -> JobStep:
         compile=worker.compile,
         precision=worker.precision,
     )
-    return AnalyseStudyStep(settings=context.settings, db=context.db, store=context.store, analyser=analyser)
+    db, settings = context.db, context.settings
+    return AnalyseStudyStep(
+        settings=settings,
+        db=db,
+        store=context.store,
+        analyser=analyser,
+        # The SR leaves as soon as it is recorded, before the captures are rendered.
+        deliver_now=lambda job_id: run_deliveries(db, settings, pending_for_job(db, job_id)),
+    )
 
 
 def build_worker_context(settings: Settings) -> WorkerContext:
@@ -135,8 +143,9 @@ def register_tasks(app: NodeCelery) -> None:
             jobs.fail(context.db, job_id, f"unexpected error: {type(exc).__name__}: {exc}")
             return "failed"
         jobs.complete(context.db, job_id, summary)
-        # First delivery attempt right here, in the same worker: no second trip through the
-        # broker. Retries, backoff and dead letters stay with the outbox (delivery.py).
+        # First delivery attempt of the rest (the SR went during the step) right here, in the
+        # same worker: no second trip through the broker. Retries, backoff and dead letters
+        # stay with the outbox (delivery.py).
         run_deliveries(context.db, context.settings, pending_for_job(context.db, job_id))
         return "done"
 

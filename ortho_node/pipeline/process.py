@@ -1,15 +1,17 @@
 """The processing step of a job: read the study, run the model, build and keep the result objects.
 
 Data flows one way: instances (store) → ``StudyAnalyser`` (model stage) → ``StudyFindings`` →
-``build_result_objects`` (results stage) → files + index rows + deliveries. The step returns a
-PHI-free summary that is stored on the job and shown by ``status``.
+``ResultBuilder`` (results stage) → files + index rows + deliveries. The SR goes first: it is
+built, stored, indexed and (when the worker passes ``deliver_now``) sent before the Secondary
+Captures are rendered, so the structured result reaches PACS without waiting for megabytes of
+images. The step returns a PHI-free summary that is stored on the job and shown by ``status``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import pydicom
@@ -22,7 +24,7 @@ from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
 from ortho_node.pipeline.jobs import ClaimedJob, JobInstance, heartbeat
 from ortho_node.pipeline.results_record import previous_report, record_results
 from ortho_node.privacy import uid_ref
-from ortho_node.results import build_result_objects
+from ortho_node.results import ResultBuilder, ResultObject
 from ortho_node.store import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -87,11 +89,23 @@ def summarise(findings: StudyFindings, *, results: dict[str, int], revision: int
 class AnalyseStudyStep:
     """The job step the worker runs: model → result objects → deliveries."""
 
-    def __init__(self, *, settings: Settings, db: Database, store: InstanceStore, analyser: StudyAnalyser) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        store: InstanceStore,
+        analyser: StudyAnalyser,
+        deliver_now: Callable[[int], object] | None = None,
+    ) -> None:
+        """``deliver_now(job_id)`` sends the job's recorded, never-attempted deliveries (the
+        worker's first attempt); the step calls it once the SR is recorded. Without it every
+        object waits for the worker's attempt after the job (or for the outbox)."""
         self._settings = settings
         self._db = db
         self._store = store
         self._analyser = analyser
+        self._deliver_now = deliver_now
 
     def close(self) -> None:
         self._analyser.close()
@@ -109,23 +123,28 @@ class AnalyseStudyStep:
         heartbeat(self._db, job.job_id)
         previous = previous_report(self._db, job.study_id, job.study_instance_uid, exclude_job_id=job.job_id)
         revision = previous.revision + 1 if previous else 0
-        built = build_result_objects(
+        builder = ResultBuilder(
             findings,
-            sources=datasets,
+            datasets,
             revision=revision,
             predecessor=previous.reference if previous else None,
             include_key_objects=self._settings.delivery.include_key_objects,
         )
-        clock.lap("build_results")
-        record_results(
-            self._db,
-            self._settings,
-            job_id=job.job_id,
-            study_id=job.study_id,
-            revision=revision,
-            objects=[(o.kind.value, o.dataset) for o in built],
-        )
-        clock.lap("record_results")
+        report = builder.report()
+        clock.lap("build_report")
+        self._record(job, revision, [report])
+        clock.lap("record_report")
+        if self._deliver_now is not None:
+            try:
+                self._deliver_now(job.job_id)
+            except Exception:  # noqa: BLE001 - the SR is recorded; the outbox delivers it later
+                log.exception("job %d: first delivery of the SR failed; the outbox will retry it", job.job_id)
+            clock.lap("deliver_report")
+        attachments = builder.attachments(report)
+        clock.lap("build_attachments")
+        self._record(job, revision, attachments)
+        clock.lap("record_attachments")
+        built = (report, *attachments)
         counts: dict[str, int] = {}
         for item in built:
             counts[item.kind.value] = counts.get(item.kind.value, 0) + 1
@@ -139,6 +158,16 @@ class AnalyseStudyStep:
         summary = summarise(findings, results=counts, revision=revision)
         summary["timing_s"] = {name: round(seconds, 4) for name, seconds in clock.laps.items()}
         return summary
+
+    def _record(self, job: ClaimedJob, revision: int, objects: Sequence[ResultObject]) -> None:
+        record_results(
+            self._db,
+            self._settings,
+            job_id=job.job_id,
+            study_id=job.study_id,
+            revision=revision,
+            objects=[(o.kind.value, o.dataset) for o in objects],
+        )
 
     def _forward_seconds(self) -> float:
         """Encoder time so far (the engine's counter; shared by concurrent jobs, so approximate then)."""
