@@ -98,24 +98,32 @@ def timeline(node: NodeProcess, study_uid: str) -> dict[str, float]:
     }
 
 
-def wait_for_sr(node: NodeProcess, study_uid: str, timeout: float = 600) -> None:
+def wait_for_results(node: NodeProcess, study_uid: str, timeout: float = 600) -> None:
+    """Until the study's job has finished and every result object of it is stored in Orthanc
+    (the SR leaves during the job, the captures after it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         db = node.index()
         try:
             with db.session() as s:
-                sent = s.scalar(
-                    select(Delivery.id)
-                    .join(StoredResult, Delivery.result_id == StoredResult.id)
-                    .join(Study, StoredResult.study_id == Study.id)
-                    .where(Study.study_instance_uid == study_uid, StoredResult.kind == "sr", Delivery.sent_at.is_not(None))
+                job = s.scalars(
+                    select(Job).join(Study, Job.study_id == Study.id).where(Study.study_instance_uid == study_uid)
+                ).first()
+                sent = (
+                    s.execute(
+                        select(StoredResult.kind, Delivery.sent_at)
+                        .join(StoredResult, Delivery.result_id == StoredResult.id)
+                        .where(StoredResult.job_id == job.id)
+                    ).all()
+                    if job is not None and job.finished_at is not None
+                    else []
                 )
         finally:
             db.dispose()
-        if sent:
+        if sent and all(t is not None for _, t in sent) and any(kind == "sr" for kind, _ in sent):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"no SR delivered:\n{node.log()[-3000:]}")
+    raise TimeoutError(f"results not all delivered:\n{node.log()[-3000:]}")
 
 
 def main() -> None:
@@ -148,7 +156,7 @@ def main() -> None:
         # One throw-away study first: the worker loads the bundle on its first job.
         warm = cases["X-ray, 1 image"](999)
         storescu(node.port, [f.path for f in warm.files])
-        wait_for_sr(node, warm.study_instance_uid)
+        wait_for_results(node, warm.study_instance_uid)
         print(f"bundle: {bundle.name}; broker: {args.broker}; stable age {args.stable_age} s; {torch.get_num_threads()} CPU threads")
         for name, make in cases.items():
             runs = []
@@ -157,7 +165,7 @@ def main() -> None:
                 run = storescu(node.port, [f.path for f in study.files])
                 if run.returncode != 0:
                     raise RuntimeError(run.output[-2000:])
-                wait_for_sr(node, study.study_instance_uid)
+                wait_for_results(node, study.study_instance_uid)
                 runs.append(timeline(node, study.study_instance_uid))
             median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
             processing = median["total"] - median["stable-age wait"]
