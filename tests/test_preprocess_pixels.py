@@ -253,3 +253,44 @@ def test_frame_index_is_checked() -> None:
         decode_frame(read("emri_small.dcm"), frame_index=10)
     with pytest.raises(TypeError, match="frame_index must be an int"):
         decode_frame(read("emri_small.dcm"), frame_index=1.0)  # type: ignore[arg-type]
+
+
+# --- header windows: the vectorised LINEAR / LINEAR_EXACT path against pydicom ---------------------
+
+
+def _windowed(values: np.ndarray, center: float, width: float, function: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(to_display's values, pydicom's apply_voi_lut on the same window scaled to 0..1)."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_voi_lut
+
+    from ortho_node.model.pixels import RawFrame
+
+    ds = Dataset()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.WindowCenter, ds.WindowWidth = center, width
+    if function is not None:
+        ds.VOILUTFunction = function
+    ours = to_display(RawFrame(values=values, frame_index=0, header_voi="window"), ds).values
+    reference = copy.deepcopy(ds)
+    reference.BitsStored, reference.PixelRepresentation = 16, 0
+    theirs = np.clip(apply_voi_lut(values.copy(), reference, index=0, prefer_lut=False) / 65535.0, 0.0, 1.0)
+    return ours, theirs.astype(np.float32)
+
+
+@pytest.mark.parametrize("function", [None, "LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize("center,width", [(40.0, 400.0), (1024.0, 1.5), (-600.5, 1500.0), (2047.5, 4096.0), (10.0, 1.0)])
+def test_header_window_matches_pydicom(function, center, width):
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.uniform(-2000, 4000, 20_000), [center, center - 0.5, center + 0.5, center - width / 2]])
+    ours, theirs = _windowed(values.reshape(1, -1), center, width, function)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize("function,width,message", [("LINEAR", 0.5, "LINEAR window width 0.5 < 1"),
+                                                    ("LINEAR_EXACT", 0.0, "LINEAR_EXACT window width 0 <= 0"),
+                                                    ("SIGMOID", 0.0, "Window Width must be greater than 0"),
+                                                    ("CUBIC", 10.0, "Unsupported")])
+def test_unusable_header_window_is_rejected_with_a_reason(function, width, message):
+    with pytest.raises(UnsupportedImageError, match=f"unusable window in the header: .*{message}"):
+        _windowed(np.zeros((2, 2)), 5.0, width, function)
