@@ -23,7 +23,7 @@ from ortho_node.pipeline.results_record import record_results
 from ortho_node.results import build_result_objects
 from ortho_node.status import collect_status
 from tests import results_support as rs
-from tests.support.peers import free_port
+from tests.support.peers import ReferenceStoreScp, free_port
 
 pytestmark = pytest.mark.orthanc
 
@@ -145,3 +145,63 @@ def test_permanent_refusal_is_dead_lettered_at_once(knee_results, tmp_path):
         assert all("rejected" in d.last_error for d in deliveries(db))
     finally:
         server.shutdown()
+
+
+def test_dimse_sends_the_stored_bytes_and_converts_only_for_a_pacs_that_needs_it(knee_results, tmp_path, monkeypatch):
+    """A PACS that accepts the stored transfer syntax gets the file's dataset bytes as stored (never
+    decoded and re-encoded); one that accepts only Implicit VR Little Endian gets a converted copy."""
+    import pynetdicom.association
+
+    _, source, built = knee_results
+    as_stored = ReferenceStoreScp(tmp_path / "as-stored").start()
+    implicit = ReferenceStoreScp(tmp_path / "implicit", implicit_only=True).start()
+    try:
+        settings = make_settings(tmp_path, [
+            {"kind": "dimse", "name": "as-stored", "ae_title": "ANYSCP", "host": "127.0.0.1", "port": as_stored.port},
+            {"kind": "dimse", "name": "implicit", "ae_title": "ANYSCP", "host": "127.0.0.1", "port": implicit.port},
+        ])
+        db, _ = prepare(settings, source, built)
+        ids = [d.id for d in deliveries(db)]
+        decoded: list[str] = []
+        real_dcmread = pydicom.dcmread
+
+        def counting_dcmread(path, *args, **kwargs):
+            decoded.append(str(path))
+            return real_dcmread(path, *args, **kwargs)
+
+        monkeypatch.setattr(pydicom, "dcmread", counting_dcmread)
+        monkeypatch.setattr(pynetdicom.association, "dcmread", counting_dcmread)
+        assert run_deliveries(db, settings, ids) == {"sent": len(ids), "retry": 0, "dead": 0}
+        monkeypatch.undo()
+        assert len(decoded) == len(built), "decoded once per object, for the implicit-only PACS alone"
+        stored = {
+            str(pydicom.dcmread(settings.results_dir / path, stop_before_pixels=True).SOPInstanceUID): settings.results_dir / path
+            for path in _result_paths(db)
+        }
+        received = as_stored.files_by_sop_instance_uid()
+        converted = implicit.files_by_sop_instance_uid()
+        assert set(received) == set(converted) == set(stored)
+        for uid, path in stored.items():
+            assert _dataset_bytes(received[uid]) == _dataset_bytes(path), "sent as stored"
+            copy = pydicom.dcmread(converted[uid])
+            assert copy.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+            original = pydicom.dcmread(path)
+            assert original.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+            assert [(e.tag, e.value) for e in copy] == [(e.tag, e.value) for e in original], "same dataset, converted"
+    finally:
+        as_stored.stop()
+        implicit.stop()
+
+
+def _result_paths(db: Database) -> list[str]:
+    from ortho_node.db.models import StoredResult
+
+    with db.session() as session:
+        return list(session.scalars(select(StoredResult.path)))
+
+
+def _dataset_bytes(path: Path) -> bytes:
+    """The dataset after the file meta information (what travels in a C-STORE)."""
+    data = path.read_bytes()
+    meta_length = int.from_bytes(data[140:144], "little")  # (0002,0000) File Meta Information Group Length
+    return data[144 + meta_length :]

@@ -146,14 +146,14 @@ def pynetdicom_store(port: int, path: Path, sop_class: str) -> int:
     """Send a file's raw bytes (no decoding, no validation) and return the DIMSE status."""
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
     try:
         assoc = ae.associate("127.0.0.1", port, ae_title="ORTHO")
         assert assoc.is_established
         status = assoc.send_c_store(path)
         assoc.release()
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
     return int(status.Status)
 
 

@@ -3,6 +3,11 @@
 Outcomes are per object: a PACS may accept the SR and refuse the SC. Errors are classified as
 *transient* (retry later: peer down, association rejected-transient, out of resources) or
 *permanent* (the PACS will never accept this object as it is).
+
+Objects go on the wire as they are stored: when the PACS accepts the file's own transfer
+syntax, pynetdicom streams the file's dataset bytes (``STORE_SEND_CHUNKED_DATASET``) instead of
+decoding and re-encoding it (a 30-slice MRI report took ~0.1 s to re-encode); only a PACS
+that accepts another syntax gets a decoded, converted copy.
 """
 
 from __future__ import annotations
@@ -14,14 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 
 from ortho_node.config import DimseDestination
 from ortho_node.ingest.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ortho_node.privacy import uid_ref
 
 log = logging.getLogger(__name__)
+
+# Paths handed to send_c_store are streamed from the file, never decoded (this process only
+# sends files it wrote itself; datasets handed over as objects are encoded as before).
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 @dataclass(frozen=True)
@@ -76,12 +86,12 @@ def send_files(
     DestinationUnavailable
         No association could be established (refused connection, timeout, rejection).
     """
-    datasets = [pydicom.dcmread(path) for path in paths]
+    metas = [read_file_meta_info(path) for path in paths]
     ae = AE(ae_title=destination.calling_ae_title or calling_ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+    for sop_class in sorted({str(meta.MediaStorageSOPClassUID) for meta in metas}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(
         destination.host,
@@ -95,11 +105,13 @@ def send_files(
         raise DestinationUnavailable(f"association rejected by {destination.name}", transient=transient)
     if not assoc.is_established:
         raise DestinationUnavailable(f"cannot associate with {destination.name} at {destination.host}:{destination.port}")
+    accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
     outcomes: list[SendOutcome] = []
     try:
-        for path, ds in zip(paths, datasets):
+        for path, meta in zip(paths, metas):
+            as_stored = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)) in accepted
             try:
-                response = assoc.send_c_store(ds)
+                response = assoc.send_c_store(path if as_stored else pydicom.dcmread(path))
             except ValueError as exc:  # no accepted presentation context for this SOP class
                 outcomes.append(SendOutcome(path, ok=False, transient=False, detail=f"not accepted by the PACS: {exc}"))
                 continue
@@ -110,7 +122,7 @@ def send_files(
                 continue
             outcome = _status_outcome(path, int(response.Status))
             if not outcome.ok:
-                log.warning("C-STORE of %s to %s: %s", uid_ref(str(ds.SOPInstanceUID)), destination.name, outcome.detail)
+                log.warning("C-STORE of %s to %s: %s", uid_ref(str(meta.MediaStorageSOPInstanceUID)), destination.name, outcome.detail)
             outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)

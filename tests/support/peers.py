@@ -303,16 +303,17 @@ def fresh_postgres_database() -> Iterator[str]:
 class ReferenceStoreScp:
     """DCMTK ``storescp +B`` (bit-preserving): records exactly the bytes a sender put on the wire."""
 
-    def __init__(self, outdir: Path) -> None:
+    def __init__(self, outdir: Path, *, implicit_only: bool = False) -> None:
         self.outdir = outdir
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+        self.syntaxes = "+xi" if implicit_only else "+xa"  # only Implicit VR Little Endian, or all
         outdir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> "ReferenceStoreScp":
         require_tool("storescp")
         self.process = subprocess.Popen(
-            ["storescp", "+xa", "+B", "-od", str(self.outdir), str(self.port)],
+            ["storescp", self.syntaxes, "+B", "-od", str(self.outdir), str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, process=self.process)
