@@ -13,6 +13,7 @@ from ortho_node.model.bundle import LoadedBundle, load_bundle
 from ortho_node.model.engine import (
     InferenceEngine,
     Precision,
+    batch_buckets,
     native_bf16,
     resolve_precision,
 )
@@ -142,15 +143,30 @@ def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: 
 
 
 def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedBundle) -> None:
-    # torch.compile (inductor, C++ code generated and built with the machine's compiler).
+    # torch.compile (inductor, C++ code generated and built with the machine's compiler), static
+    # shapes with frozen weights: a batch of 3 runs padded to the bucket of 4.
     batch = images(3, seed=5)
     with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="fp32") as engine:
         eager = engine.encode(batch)
+        assert engine.batch_buckets == ()
     with InferenceEngine(
         bundle, max_batch=4, max_wait_ms=0, precision="fp32", compile=True
     ) as engine:
+        assert engine.batch_buckets == (1, 2, 4)
         compiled = engine.encode(batch)
-        smaller = engine.encode(batch[:2])  # dynamic shapes: no failure on another batch size
+        smaller = engine.encode(batch[:2])  # another bucket: no failure, no fallback
+        stats = engine.stats()
+    assert compiled.cls.shape == eager.cls.shape and compiled.patches.shape == eager.patches.shape
     assert torch.allclose(compiled.cls, eager.cls, atol=1e-5)
     assert torch.allclose(compiled.patches, eager.patches, atol=1e-5)
     assert torch.allclose(smaller.cls, eager.cls[:2], atol=1e-5)
+    assert stats.recent_batch_sizes == (3, 2), "statistics count real images, not padding"
+
+
+@pytest.mark.parametrize(
+    "max_batch,buckets",
+    [(1, (1,)), (4, (1, 2, 4)), (24, (1, 2, 4, 8, 16, 24)), (32, (1, 2, 4, 8, 16, 32)),
+     (1000, (8, 16, 32, 64, 128, 256, 512, 1000))],
+)
+def test_batch_buckets_are_powers_of_two_up_to_the_largest_batch(max_batch: int, buckets: tuple[int, ...]) -> None:
+    assert batch_buckets(max_batch) == buckets
