@@ -347,6 +347,10 @@ def main() -> None:
             encoder = encoder.to(device)
             flops = forward_flops(encoder, device)
             for precision in precisions:
+                if args.compile:
+                    # torch.compile keeps at most eight graphs per function across the process;
+                    # a worker compiles one model, this benchmark several: start afresh each time.
+                    torch._dynamo.reset()
                 plan = plan_for(device, model, precision, args.quick)
                 print(
                     f"  {label} {precision.value}: batch {plan.batch}, "
