@@ -140,6 +140,7 @@ class AnalyseStudyStep:
             except Exception:  # noqa: BLE001 - the SR is recorded; the outbox delivers it later
                 log.exception("job %d: first delivery of the SR failed; the outbox will retry it", job.job_id)
             clock.lap("deliver_report")
+            heartbeat(self._db, job.job_id)  # a slow PACS must not make the job look abandoned
         attachments = builder.attachments(report)
         clock.lap("build_attachments")
         self._record(job, revision, attachments)
