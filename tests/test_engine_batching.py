@@ -14,6 +14,7 @@ from ortho_node.model.engine import (
     InferenceEngine,
     Precision,
     batch_buckets,
+    bucket_plan,
     native_bf16,
     resolve_precision,
 )
@@ -144,7 +145,7 @@ def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: 
 
 def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedBundle) -> None:
     # torch.compile (inductor, C++ code generated and built with the machine's compiler), static
-    # shapes with frozen weights: a batch of 3 runs padded to the bucket of 4.
+    # shapes with frozen weights: on the CPU a batch of 3 runs as 2 + 1.
     batch = images(3, seed=5)
     with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="fp32") as engine:
         eager = engine.encode(batch)
@@ -170,3 +171,24 @@ def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedB
 )
 def test_batch_buckets_are_powers_of_two_up_to_the_largest_batch(max_batch: int, buckets: tuple[int, ...]) -> None:
     assert batch_buckets(max_batch) == buckets
+
+
+@pytest.mark.parametrize(
+    "count,split,plan",
+    [
+        (6, True, [(0, 4, 4), (4, 6, 2)]),  # CPU: the largest buckets that fit, nothing padded
+        (6, False, [(0, 6, 8)]),  # GPU: one forward, padded up to the next bucket
+        (16, True, [(0, 16, 16)]),
+        (31, True, [(0, 16, 16), (16, 24, 8), (24, 28, 4), (28, 30, 2), (30, 31, 1)]),
+        (1, False, [(0, 1, 1)]),
+    ],
+)
+def test_bucket_plan_splits_on_cpu_and_pads_on_gpu(count: int, split: bool, plan: list) -> None:
+    assert bucket_plan(count, batch_buckets(16 if count <= 16 else 32), split=split) == plan
+
+
+def test_bucket_plan_pads_a_remainder_below_the_smallest_bucket_and_runs_eager_whole() -> None:
+    buckets = batch_buckets(1000)  # (8, 16, ..., 1000): no bucket below 8
+    assert bucket_plan(21, buckets, split=True) == [(0, 16, 16), (16, 21, 8)]
+    assert bucket_plan(5, buckets, split=True) == [(0, 5, 8)]
+    assert bucket_plan(7, (), split=True) == [(0, 7, 7)]
