@@ -64,6 +64,15 @@ def benchmark_bundle(out: Path, arch: str) -> Path:
     )
 
 
+def _sent_by_kind(session, job_id: int) -> list[tuple[str, object]]:
+    """(result kind, delivery sent_at or None) for every delivery of the job's result objects."""
+    return session.execute(
+        select(StoredResult.kind, Delivery.sent_at)
+        .join(StoredResult, Delivery.result_id == StoredResult.id)
+        .where(StoredResult.job_id == job_id)
+    ).all()
+
+
 def timeline(node: NodeProcess, study_uid: str) -> dict[str, float]:
     db = node.index()
     try:
@@ -71,11 +80,7 @@ def timeline(node: NodeProcess, study_uid: str) -> dict[str, float]:
             study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one()
             last = max(s.scalars(select(Instance.received_at).where(Instance.study_id == study.id)))
             job = s.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id)).one()
-            sent_by_kind = s.execute(
-                select(StoredResult.kind, Delivery.sent_at)
-                .join(StoredResult, Delivery.result_id == StoredResult.id)
-                .where(StoredResult.job_id == job.id)
-            ).all()
+            sent_by_kind = _sent_by_kind(s, job.id)
             timing = dict(job.summary["timing_s"])
             stamps = (job.created_at, job.started_at)
     finally:
@@ -109,15 +114,7 @@ def wait_for_results(node: NodeProcess, study_uid: str, timeout: float = 600) ->
                 job = s.scalars(
                     select(Job).join(Study, Job.study_id == Study.id).where(Study.study_instance_uid == study_uid)
                 ).first()
-                sent = (
-                    s.execute(
-                        select(StoredResult.kind, Delivery.sent_at)
-                        .join(StoredResult, Delivery.result_id == StoredResult.id)
-                        .where(StoredResult.job_id == job.id)
-                    ).all()
-                    if job is not None and job.finished_at is not None
-                    else []
-                )
+                sent = _sent_by_kind(s, job.id) if job is not None and job.finished_at is not None else []
         finally:
             db.dispose()
         if sent and all(t is not None for _, t in sent) and any(kind == "sr" for kind, _ in sent):

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.db.migrate import upgrade
-from ortho_node.db.models import Delivery, DeliveryState, Job, Study, utcnow
+from ortho_node.db.models import Delivery, DeliveryState, Job, StoredResult, Study, utcnow
+from ortho_node.ingest.part10 import read_part10_meta
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
 from ortho_node.pipeline.delivery import backoff, due_batches, resend, run_deliveries
 from ortho_node.pipeline.results_record import record_results
@@ -194,8 +195,6 @@ def test_dimse_sends_the_stored_bytes_and_converts_only_for_a_pacs_that_needs_it
 
 
 def _result_paths(db: Database) -> list[str]:
-    from ortho_node.db.models import StoredResult
-
     with db.session() as session:
         return list(session.scalars(select(StoredResult.path)))
 
@@ -203,5 +202,5 @@ def _result_paths(db: Database) -> list[str]:
 def _dataset_bytes(path: Path) -> bytes:
     """The dataset after the file meta information (what travels in a C-STORE)."""
     data = path.read_bytes()
-    meta_length = int.from_bytes(data[140:144], "little")  # (0002,0000) File Meta Information Group Length
-    return data[144 + meta_length :]
+    _, offset = read_part10_meta(data)
+    return data[offset:]

@@ -204,8 +204,8 @@ def build_result_objects(
     ValueError
         An argument has a wrong value (see the builders).
     """
-    builder = ResultBuilder(
-        check_findings(findings),
+    builder = ResultBuilder(  # checks its arguments
+        findings,
         sources,
         display_arrays=display_arrays,
         revision=revision,
