@@ -56,8 +56,8 @@ from ortho_node.model.encoder import OrthoEncoder, build_encoder  # noqa: E402
 from ortho_node.model.engine import (  # noqa: E402
     Precision,
     compile_for_inference,
+    inference_model,
     native_bf16,
-    with_bf16_linear_weights,
 )
 from ortho_node.model.heads import create_head  # noqa: E402
 from ortho_node.model.infer import analyse_studies, collect_studies  # noqa: E402
@@ -201,10 +201,11 @@ def raw_forward(
     end-to-end run is one long run, so both see the same share of a busy machine), and the
     median share of the bf16 product rate sampled just before and just after each iteration."""
     images = torch.randn(plan.batch, 3, SIZE, SIZE, device=device)
-    # The forward the engine runs: in bf16, linear layers hold bf16 weights (no per-call cast).
-    model = with_bf16_linear_weights(encoder) if precision is Precision.BF16 else encoder
-    if compile:  # as the engine does (the warm-up call of ``timed`` compiles)
-        model = compile_for_inference(model)
+    # The forward the engine runs: in bf16, linear layers hold bf16 weights (no per-call cast),
+    # and on a CPU attention keys are padded to a multiple of 16.
+    model = inference_model(encoder, precision, device)
+    if compile:  # as the engine does (the warm-up call below compiles)
+        model = compile_for_inference(model, device)
 
     def run() -> None:
         with torch.inference_mode(), autocast(device, precision):

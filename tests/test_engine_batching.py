@@ -7,8 +7,10 @@ import threading
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from tests.infer_support import INPUT_SIZE, fixture_bundle_dir
 
+from ortho_node.model.attention import KeyPaddedAttention
 from ortho_node.model.bundle import LoadedBundle, load_bundle
 from ortho_node.model.engine import (
     InferenceEngine,
@@ -134,7 +136,7 @@ def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: 
         }
     assert linear_dtypes == {torch.bfloat16}
     with torch.inference_mode(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        reference = bundle.encoder(batch)
+        reference = KeyPaddedAttention(bundle.encoder)(batch)  # the engine's CPU bf16 attention
     # Autocast casts the same float32 weights to the same bf16 values on every call.
     assert torch.equal(output.cls, reference.cls.float())
     assert torch.equal(output.patches, reference.patches.float())
@@ -147,6 +149,7 @@ def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedB
     # torch.compile (inductor, C++ code generated and built with the machine's compiler), static
     # shapes with frozen weights: on the CPU a batch of 3 runs as 2 + 1.
     batch = images(3, seed=5)
+    counters.clear()
     with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="fp32") as engine:
         eager = engine.encode(batch)
         assert engine.batch_buckets == ()
@@ -162,6 +165,9 @@ def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedB
     assert torch.allclose(compiled.patches, eager.patches, atol=1e-5)
     assert torch.allclose(smaller.cls, eager.cls[:2], atol=1e-5)
     assert stats.recent_batch_sizes == (3, 2), "statistics count real images, not padding"
+    # The weights really were frozen: only constant weights get packed for oneDNN (with
+    # freezing requested from inductor alone, dynamo kept them as graph inputs, silently).
+    assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
 
 
 @pytest.mark.parametrize(

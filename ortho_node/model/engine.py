@@ -28,8 +28,10 @@ products run 7 to 100 times slower than fp32, so ``auto`` means fp32 there.
 In bf16 the engine runs a copy of the encoder whose linear layers hold bf16 weights (norms,
 embeddings and RoPE periods are shared with the bundle and stay float32). Autocast would cast
 those same weights to bf16 on every forward pass, so the results are bit-identical, without the
-cast: on a 2-core AMX CPU, ViT-L/16 runs 24-29 % faster. The bundle's own encoder is not
-touched.
+cast: on a 2-core AMX CPU, ViT-L/16 runs 24-29 % faster. On a CPU in bf16 its attention also
+runs with the key sequence padded to a multiple of 16 (:mod:`ortho_node.model.attention`). The
+bundle's own encoder is not touched. :func:`inference_model` is that forward, shared with
+``bench/infer``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+import torch._inductor.config as inductor_config
+
+from ortho_node.model.attention import KeyPaddedAttention
 from ortho_node.model.bundle import LoadedBundle
 from ortho_node.model.encoder import EncoderOutput
 
@@ -60,6 +65,7 @@ __all__ = [
     "batch_buckets",
     "bucket_plan",
     "compile_for_inference",
+    "inference_model",
     "native_bf16",
     "with_bf16_linear_weights",
     "resolve_precision",
@@ -122,6 +128,21 @@ def with_bf16_linear_weights(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def inference_model(
+    encoder: torch.nn.Module, precision: Precision, device: torch.device
+) -> torch.nn.Module:
+    """The module the engine runs for ``encoder`` at a resolved ``precision`` on ``device``:
+    the encoder itself in fp32; in bf16 a copy with bf16 linear weights
+    (:func:`with_bf16_linear_weights`), on a CPU wrapped in
+    :class:`~ortho_node.model.attention.KeyPaddedAttention`."""
+    if precision is Precision.AUTO:
+        raise ValueError("resolve the precision first (resolve_precision)")
+    if precision is Precision.FP32:
+        return encoder
+    model = with_bf16_linear_weights(encoder)
+    return KeyPaddedAttention(model) if device.type == "cpu" else model
+
+
 _MAX_COMPILED_BATCH_SHAPES = 8
 """torch.compile keeps at most eight graphs per function (``recompile_limit``)."""
 
@@ -159,17 +180,35 @@ def bucket_plan(count: int, buckets: Sequence[int], *, split: bool) -> list[tupl
     return plan
 
 
-def compile_for_inference(module: torch.nn.Module) -> Callable[..., Any]:
-    """``torch.compile`` as the engine uses it: static shapes with inductor's *freezing*
-    (weights folded in as constants, so the CPU's oneDNN kernels get them pre-packed), one
-    graph per batch bucket (:func:`batch_buckets`).
+def compile_for_inference(module: torch.nn.Module, device: torch.device) -> Callable[..., Any]:
+    """``torch.compile`` as the engine uses it: static shapes, one graph per batch bucket
+    (:func:`batch_buckets`), with inductor's *freezing*: weights folded in as constants, so
+    linear layers become oneDNN kernels with pre-packed weights and their bias and GELU fused.
+    On a CPU, matrix products are also autotuned between ATen/oneDNN and inductor's C++ GEMM
+    template (AMX micro-kernels with fused epilogues), about a third of a minute per shape.
 
-    Measured on a 2-core AMX CPU (bf16, each forward against the matmul rate sampled around
-    it, same process): ViT-L/16 at batch 16 ran at 74 % of that rate frozen, 60 % with one
-    dynamic-shape graph, 65 % eager; ViT-S/16 at batch 32 at 47 %, 40 %, 28 %. Freezing fails
-    with dynamic shapes in torch 2.14, hence the buckets. Call only under
-    ``torch.inference_mode`` (the engine does): frozen weights are constants."""
-    return torch.compile(module, dynamic=False, options={"freezing": True})
+    Freezing has to be on while dynamo *traces* (it decides then whether parameters may
+    become constants); ``torch.compile(options={"freezing": True})`` only reaches inductor,
+    and with it alone the weights stayed graph inputs. Each call therefore runs with the
+    global flag set. Measured on a 2-core AMX CPU (bf16, each forward against the matmul rate
+    sampled around it, forwards interleaved in one process): ViT-S/16 at batch 32 at 32 %
+    without real freezing, 39 % frozen and autotuned, 47 % with padded attention keys too;
+    ViT-L/16 at batch 16 58 %, 69-71 %. Freezing fails with dynamic shapes in torch 2.14,
+    hence the buckets. Call only under ``torch.inference_mode`` (the engine does)."""
+    options: dict[str, Any] = {"freezing": True}
+    if device.type == "cpu":
+        options |= {
+            "max_autotune": True,
+            "max_autotune_gemm_backends": "CPP,ATEN",
+            "autotune_num_choices_displayed": 0,  # no timing tables on stderr in the worker log
+        }
+    compiled = torch.compile(module, dynamic=False, options=options)
+
+    def frozen(*args: Any, **kwargs: Any) -> Any:
+        with inductor_config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    return frozen
 
 
 def resolve_precision(precision: Precision | str, device: torch.device) -> Precision:
@@ -313,9 +352,10 @@ class InferenceEngine:
         ``"auto"`` (default), ``"fp32"`` or ``"bf16"``.
     compile : bool, optional
         Run the encoder through :func:`compile_for_inference` (static shapes, frozen weights;
-        batches run in :func:`batch_buckets` sizes, see :func:`bucket_plan`). The first batch of each bucket pays its
-        compilation (half a minute to a minute for ViT-L on a CPU); call :meth:`warmup` to pay
-        them all at start.
+        batches run in :func:`batch_buckets` sizes, see :func:`bucket_plan`). The first batch
+        of each bucket pays its compilation (on a 2-core CPU about 20 s for ViT-S, 50 s for
+        ViT-L, with the matrix-product autotuning); call :meth:`warmup` to pay them all at
+        start.
 
     Raises
     ------
@@ -342,14 +382,12 @@ class InferenceEngine:
         self._max_batch = max_batch
         self._max_wait_s = float(max_wait_ms) / 1000.0
         self._precision = resolve_precision(precision, bundle.device)
-        encoder = bundle.encoder
-        if self._precision is Precision.BF16:
-            encoder = with_bf16_linear_weights(encoder)
+        model = inference_model(bundle.encoder, self._precision, bundle.device)
         self._model: Callable[[torch.Tensor], EncoderOutput] = (
-            compile_for_inference(encoder) if compile else encoder
+            compile_for_inference(model, bundle.device) if compile else model
         )
         self._buckets = batch_buckets(max_batch) if compile else ()
-        self._input_shape = (encoder.in_chans, *bundle.manifest.input_size)
+        self._input_shape = (bundle.encoder.in_chans, *bundle.manifest.input_size)
         self._condition = threading.Condition()
         self._pending: collections.deque[_Request] = collections.deque()
         self._pending_images = 0
