@@ -171,6 +171,13 @@ def test_rescale_and_modality_lut_are_applied() -> None:
     )
 
 
+def test_rescale_that_overflows_is_rejected() -> None:
+    # A finite slope can still carry integer pixels past float64's range.
+    ct = with_headers(read("CT_small.dcm"), RescaleSlope="1e308", RescaleIntercept="0")
+    with pytest.raises(UnsupportedImageError, match="non-finite"):
+        decode_frame(ct)
+
+
 def test_voi_lut_sequence_is_used_and_spans_zero_to_one() -> None:
     frame = decode_display_frame(read("vlut_04.dcm"))
     assert frame.voi == "VOI LUT sequence"

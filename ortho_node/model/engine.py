@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-
 import torch._inductor.config as inductor_config
 
 from ortho_node.model.attention import KeyPaddedAttention
@@ -498,7 +497,7 @@ class InferenceEngine:
 
     @property
     def batch_buckets(self) -> tuple[int, ...]:
-        """Batch sizes the compiled encoder runs (batches are padded up to one); () when eager."""
+        """Batch sizes the compiled encoder runs (a batch runs as these, :func:`bucket_plan`); () when eager."""
         return self._buckets
 
     def warmup(self) -> None:

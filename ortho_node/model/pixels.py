@@ -304,8 +304,8 @@ def decode_frame(ds: Dataset, *, frame_index: int = 0) -> RawFrame:
             f"decoded frame has shape {stored.shape}, expected ({ds.Rows}, {ds.Columns})"
         )
     modality = _modality_values(stored, _modality_view(ds, frame_index))
-    # Integer pixels through a finite rescale or a LUT stay finite; float pixels need a look.
-    if stored.dtype.kind == "f" and not np.isfinite(modality).all():
+    # Float pixels, and a rescale that overflows or is itself non-finite, end up here.
+    if not np.isfinite(modality).all():
         raise UnsupportedImageError("modality LUT produced non-finite values")
     voi_view = _voi_view(ds, frame_index)
     header_voi: str | None = None
@@ -459,8 +459,6 @@ def _modality_values(stored: np.ndarray, view: Dataset) -> np.ndarray:
         return np.asarray(apply_modality_lut(stored, view), dtype=np.float64)
     values = stored.astype(np.float64)
     slope, intercept = float(view.get("RescaleSlope", 1.0)), float(view.get("RescaleIntercept", 0.0))
-    if not (math.isfinite(slope) and math.isfinite(intercept)):
-        raise UnsupportedImageError("modality LUT produced non-finite values (Rescale Slope / Intercept)")
     if slope != 1.0:
         values *= slope
     if intercept != 0.0:
