@@ -90,7 +90,9 @@ def plan_for(device: torch.device, model: str, precision: Precision, quick: bool
     if quick:
         return Plan(8, 2, 16) if model == "vits" else Plan(4, 2, 8)
     # Batches a busy worker reaches (worker.max_batch is 32): the forward as production runs it.
-    return Plan(32, 5, 64) if model == "vits" else Plan(16, 5, 32)
+    # End to end over four batches, so that filling the first and draining the last (neither
+    # overlaps preparation with encoding) do not dominate the steady state.
+    return Plan(32, 5, 128) if model == "vits" else Plan(16, 5, 64)
 
 
 def synchronise(device: torch.device) -> None:
@@ -271,7 +273,9 @@ def end_to_end(
     studies = collect_studies(files).studies
     wanted = (plan.e2e_images + 1) // 2
     warm, timed_studies = studies[:1], studies[1 : 1 + wanted]
-    concurrent = max(2, plan.batch // 2)  # enough studies in flight to fill a batch
+    # Two batches' worth of images in flight (two radiographs per study): one batch is encoded
+    # while the studies of the next are read and prepared, as in a worker with a queue.
+    concurrent = max(2, plan.batch)
     bundle = load_bundle(bundle_dir, device=device)
     analyser = StudyAnalyser(
         bundle, max_batch=plan.batch, max_wait_ms=20, precision=precision, compile=compile
