@@ -4,6 +4,10 @@ messages still waiting are kept, and nothing is lost on the way."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+
+import pytest
 
 from kombu import Connection
 
@@ -41,3 +45,76 @@ def test_handed_out_messages_are_swept_and_waiting_ones_kept(tmp_path, monkeypat
         assert queue.get(timeout=5).payload["job"] == 5
         assert rows(path) == [], "every handed-out message is gone, none was lost on the way"
         queue.close()
+
+
+def _consume_one(url: str, received: list, timeout: float) -> None:
+    """Take one message (None if none came within ``timeout``), then whether this consumer had
+    the doorbell."""
+    with Connection(url) as connection:
+        queue = connection.SimpleQueue("ortho")
+        try:
+            message = queue.get(timeout=timeout)
+        except queue.Empty:
+            received.append(None)
+        else:
+            received.append(message.payload)
+            message.ack()
+        finally:
+            received.append(connection.transport._doorbell.listening)
+            queue.close()
+
+
+def _publish(url: str, payload: dict) -> None:
+    with Connection(url) as connection:
+        connection.SimpleQueue("ortho").put(payload)
+
+
+linux_only = pytest.mark.skipif(not embedded_broker.Doorbell.supported, reason="abstract Unix sockets are Linux only")
+
+
+@linux_only
+def test_a_publish_wakes_the_waiting_consumer_before_its_next_poll(tmp_path, monkeypatch):
+    url = f"{embedded_broker.ALIAS}+sqlite:///{tmp_path / 'broker.sqlite'}"
+    # The safety poll comes after the consumer's own limit: only the doorbell can deliver in time.
+    monkeypatch.setattr(embedded_broker.Transport, "doorbell_polling_interval", 60.0)
+    waiting = threading.Event()
+    original_wait = embedded_broker.Doorbell.wait
+
+    def wait(self, timeout):  # the consumer has polled an empty queue and now waits
+        waiting.set()
+        return original_wait(self, timeout)
+
+    monkeypatch.setattr(embedded_broker.Doorbell, "wait", wait)
+    received: list = []
+    consumer = threading.Thread(target=_consume_one, args=(url, received, 20.0))
+    consumer.start()
+    assert waiting.wait(20), "the consumer never started waiting"
+    _publish(url, {"job": 7})
+    consumer.join(30)
+    assert received == [{"job": 7}, True], "woken by the doorbell, not by a poll or the time-out"
+
+
+@linux_only
+def test_a_consumer_without_the_doorbell_still_receives_by_polling(tmp_path):
+    path = tmp_path / "broker.sqlite"
+    url = f"{embedded_broker.ALIAS}+sqlite:///{path}"
+    holder = embedded_broker.Doorbell(f"sqlite:///{path}")  # another consumer of this broker
+    assert holder.listen()
+    try:
+        received: list = []
+        consumer = threading.Thread(target=_consume_one, args=(url, received, 20.0))
+        consumer.start()
+        time.sleep(0.3)  # the consumer is between polls; the ring goes to the holder
+        _publish(url, {"job": 8})
+        consumer.join(30)
+        assert received == [{"job": 8}, False]
+        assert holder.wait(0), "the publish rang the doorbell's holder"
+    finally:
+        holder.close()
+
+
+def test_ringing_with_nobody_listening_is_harmless(tmp_path):
+    doorbell = embedded_broker.Doorbell(f"sqlite:///{tmp_path / 'nobody.sqlite'}")
+    doorbell.ring()  # ECONNREFUSED (or unsupported): swallowed
+    assert doorbell.listen() is doorbell.supported
+    doorbell.close()
