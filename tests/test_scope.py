@@ -20,6 +20,7 @@ from ortho_node.model.scope import (
     ScopeDecision,
     ScopeRule,
     assess_instance,
+    _grey_levels,
     check_image_content,
     identify_body_part,
     identify_view,
@@ -206,6 +207,20 @@ def test_image_content_check_runs_on_display_values(knee_radiograph: Dataset) ->
     small = values[1000:1040, 860:900]  # soft tissue and bone edge near the centre
     assert "under the 64-pixel minimum" in check_image_content(small)
     assert check_image_content(small, limits=ContentLimits(min_side=32, min_grey_levels=4)) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grey_levels_are_counted_as_distinct_values_at_three_decimals(dtype) -> None:
+    # The histogram count must be exactly np.unique(np.round(values, 3)), ties at half a
+    # thousandth and values outside [0, 1] included (those take the general way).
+    rng = np.random.default_rng(7)
+    cases = [rng.random((64, 80)), np.round(rng.random((64, 80)) * 13) / 13]
+    ties = rng.random((32, 32))
+    ties[0, :4] = (0.0005, 0.0015, 0.9995, 0.4445)
+    cases += [ties, rng.random((16, 16)) * 3 - 1, np.full((8, 8), np.nan)]
+    for values in cases:
+        values = values.astype(dtype)
+        assert _grey_levels(values) == len(np.unique(np.round(values, 3)))
 
 
 def test_rules_are_validated() -> None:

@@ -374,6 +374,17 @@ def identify_view(ds: Dataset) -> tuple[RadiographView | None, str]:
 # --- content --------------------------------------------------------------------------------
 
 
+def _grey_levels(values: np.ndarray) -> int:
+    """How many distinct values ``values`` has at three decimals: the count of
+    ``np.unique(np.round(values, 3))``, by a histogram of the rounded thousandths instead of a
+    sort when every value lies in [0, 1] (a tenth of the time on a 256² image)."""
+    thousandths = np.rint(values * np.float32(1000.0) if values.dtype == np.float32 else values * 1000.0)
+    low, high = (float(v) for v in (thousandths.min(), thousandths.max())) if thousandths.size else (0.0, 0.0)
+    if not (0.0 <= low and high <= 1000.0):  # outside the display range, or NaN: the general way
+        return len(np.unique(np.round(values, 3)))
+    return int(np.count_nonzero(np.bincount(thousandths.astype(np.intp).ravel(), minlength=1001)))
+
+
 def check_image_content(values: np.ndarray, *, limits: ContentLimits | None = None) -> str | None:
     """Why ``values`` (display values in [0, 1]) do not look like a usable image, or None."""
     if not isinstance(values, np.ndarray) or values.ndim != 2:
@@ -392,7 +403,7 @@ def check_image_content(values: np.ndarray, *, limits: ContentLimits | None = No
     saturated = float(np.mean((values <= 0.0) | (values >= 1.0)))
     if saturated > limits.max_saturated_fraction:
         return f"{saturated:.0%} of pixels are pure black or white (saturated)"
-    levels = len(np.unique(np.round(values, 3)))
+    levels = _grey_levels(values)
     if levels < limits.min_grey_levels:
         return f"only {levels} grey levels (binary mask or text page, not an acquired image)"
     return None
