@@ -171,8 +171,24 @@ def test_rescale_and_modality_lut_are_applied() -> None:
     )
 
 
+def test_modality_values_are_float32_only_where_every_stored_value_is_exact() -> None:
+    # 16-bit pixels: float32, the rescale within float32 rounding of the float64 values.
+    ct = with_headers(read("CT_small.dcm"), RescaleSlope="0.37", RescaleIntercept="-1024.5")
+    values = decode_frame(ct).values
+    assert values.dtype == np.float32
+    assert np.allclose(values, ct.pixel_array.astype(np.float64) * 0.37 - 1024.5, rtol=1e-7, atol=1e-4)
+    # 32-bit pixels above 2**24 are not all exact in float32: they stay float64, exact.
+    wide = read("CT_small.dcm")
+    wide.BitsAllocated, wide.BitsStored, wide.HighBit, wide.PixelRepresentation = 32, 32, 31, 0
+    big = (np.arange(wide.Rows * wide.Columns, dtype=np.uint32) * 7 + (1 << 24) + 1).reshape(wide.Rows, wide.Columns)
+    set_pixels(wide, big)
+    values = decode_frame(with_headers(wide, RescaleSlope="1", RescaleIntercept="0")).values
+    assert values.dtype == np.float64
+    assert np.array_equal(values, big.astype(np.float64))
+
+
 def test_rescale_that_overflows_is_rejected() -> None:
-    # A finite slope can still carry integer pixels past float64's range.
+    # A finite slope can still carry integer pixels past the float range.
     ct = with_headers(read("CT_small.dcm"), RescaleSlope="1e308", RescaleIntercept="0")
     with pytest.raises(UnsupportedImageError, match="non-finite"):
         decode_frame(ct)

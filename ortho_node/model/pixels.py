@@ -105,7 +105,8 @@ class RawFrame:
     """One decoded frame in modality units (after the Modality LUT, before VOI)."""
 
     values: np.ndarray
-    """float64 array (rows, columns) of modality values (e.g. HU, or vendor units for MR)."""
+    """(rows, columns) modality values (e.g. HU, or vendor units for MR): float32 for 8- and
+    16-bit integer pixels, float64 for wider or float ones."""
     frame_index: int
     """0-based frame index inside the object (0 for single-frame images)."""
     header_voi: str | None
@@ -277,7 +278,7 @@ def decode_frame(ds: Dataset, *, frame_index: int = 0) -> RawFrame:
     Returns
     -------
     RawFrame
-        Modality values as float64 (rows, columns).
+        Modality values (rows, columns), float32 for 8/16-bit integer pixels, else float64.
 
     Raises
     ------
@@ -443,26 +444,41 @@ def _linear_window(values: np.ndarray, window: Window) -> np.ndarray:
 def _window_map(values: np.ndarray, *, low: float, width: float) -> np.ndarray:
     """``(values - low) / width`` as float32, in two passes over the image: the subtraction
     in the values' own precision (so a narrow window far from zero keeps its resolution), the
-    scaling in float32. Within 1e-7 of the float64 expression over the window's range."""
+    scaling in float32. Within 1e-7 of the float64 expression over the window's range for
+    float64 values; float32 values (8/16-bit pixels) add only their own rounding, none at all
+    for unscaled integers and half-integer window edges."""
     out = np.empty(values.shape, dtype=np.float32)
     np.subtract(values, low, out=out, casting="same_kind")
     out *= np.float32(1.0 / width)
     return out
 
 
+def _modality_dtype(stored: np.ndarray) -> type[np.floating]:
+    """float32 for 8- and 16-bit integer pixels, float64 for wider or float ones.
+
+    Every 8/16-bit value is exact in float32, and a rescale keeps ~7 significant digits there:
+    far more than display values need (the encoder sees them as bf16, 3 digits). Half the bytes
+    of float64 make each later pass over the frame (rescale, finiteness, window) about twice as
+    fast. 32-bit integers are not all exact in float32, so they, and float pixels, stay float64.
+    """
+    return np.float32 if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 else np.float64
+
+
 def _modality_values(stored: np.ndarray, view: Dataset) -> np.ndarray:
-    """Modality values (float64) of stored values. A Modality LUT Sequence goes through
-    pydicom; Rescale Slope / Intercept, the usual case, is one conversion and at most two
-    in-place operations (pydicom's ``apply_modality_lut`` gives the same values, with more
-    temporary copies of the frame)."""
+    """Modality values of stored values (dtype: :func:`_modality_dtype`). A Modality LUT
+    Sequence goes through pydicom; Rescale Slope / Intercept, the usual case, is one
+    conversion and at most two in-place operations (pydicom's ``apply_modality_lut`` gives the
+    same values, with more temporary copies of the frame)."""
+    dtype = _modality_dtype(stored)
     if "ModalityLUTSequence" in view:
-        return np.asarray(apply_modality_lut(stored, view), dtype=np.float64)
-    values = stored.astype(np.float64)
+        return np.asarray(apply_modality_lut(stored, view), dtype=dtype)
+    values = stored.astype(dtype)
     slope, intercept = float(view.get("RescaleSlope", 1.0)), float(view.get("RescaleIntercept", 0.0))
-    if slope != 1.0:
-        values *= slope
-    if intercept != 0.0:
-        values += intercept
+    with np.errstate(over="ignore"):  # an overflow gives inf, which decode_frame rejects
+        if slope != 1.0:
+            values *= slope
+        if intercept != 0.0:
+            values += intercept
     return values
 
 
