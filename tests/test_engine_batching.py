@@ -105,6 +105,22 @@ def test_concurrent_callers_share_forward_passes(bundle: LoadedBundle) -> None:
         assert torch.equal(results[k], one_at_a_time(bundle, batches[k], "fp32")[0])
 
 
+def test_flush_runs_what_waits_without_waiting_out_max_wait(bundle: LoadedBundle) -> None:
+    # A minute's wait for a batch of 8 that never fills: only the flush can run it in time.
+    with InferenceEngine(bundle, max_batch=8, max_wait_ms=60_000, precision="fp32") as engine:
+        first, second = engine.submit(images(2, seed=1)), engine.submit(images(1, seed=2))
+        engine.flush()
+        assert first.result(timeout=20).cls.shape[0] == 2
+        assert second.result(timeout=20).cls.shape[0] == 1
+        assert engine.stats().recent_batch_sizes == (3,), "both waiting requests in one batch"
+        # The flush is spent: the next lone request waits for company again.
+        third = engine.submit(images(1, seed=3))
+        with pytest.raises(TimeoutError):
+            third.result(timeout=0.5)
+        engine.flush()
+        assert third.result(timeout=20).cls.shape[0] == 1
+
+
 def test_auto_precision_follows_the_hardware(bundle: LoadedBundle) -> None:
     expected = Precision.BF16 if native_bf16(torch.device("cpu")) else Precision.FP32
     assert resolve_precision("auto", torch.device("cpu")) is expected

@@ -168,6 +168,17 @@ def test_findings_feed_the_results_stage(analyser: StudyAnalyser) -> None:
     assert {o.kind.value for o in objects} >= {"sr", "sc"}
 
 
+def test_the_last_study_in_flight_does_not_wait_for_company() -> None:
+    # Batches wait up to a minute for more images, the encoder answer only 20 s: a study that
+    # arrives alone must tell the engine that nothing more is coming, or its inputs fail.
+    with StudyAnalyser.from_bundle_dir(
+        fixture_bundle_dir(), max_wait_ms=60_000, encode_timeout_s=20
+    ) as lonely:
+        findings = analyse(lonely, list(xray_study(seed=12).datasets))
+    assert findings.not_evaluated == ()
+    assert {f.task for f in findings.findings} == {"kl_grade", "oa_present"}
+
+
 def test_analyse_checks_its_input(analyser: StudyAnalyser) -> None:
     study = xray_study(seed=19, sides=("L",))
     with pytest.raises(ValueError, match="belongs to study"):

@@ -4,7 +4,8 @@ A worker process loads its bundle once and keeps it for its whole life. Jobs run
 threads of one process (Celery's thread pool); each job hands its images to
 :meth:`InferenceEngine.submit` and gets a :class:`~concurrent.futures.Future`. One background
 thread merges the requests of all callers into batches of up to ``max_batch`` images, waiting
-at most ``max_wait_ms`` after the oldest waiting request, and runs the encoder under
+at most ``max_wait_ms`` after the oldest waiting request (less when a caller says by
+:meth:`InferenceEngine.flush` that nothing more is coming), and runs the encoder under
 ``torch.inference_mode()`` (and bf16 autocast when the precision says so). A request larger
 than ``max_batch`` (an MR series) is spread over consecutive batches.
 
@@ -391,6 +392,7 @@ class InferenceEngine:
         self._pending: collections.deque[_Request] = collections.deque()
         self._pending_images = 0
         self._closing = False
+        self._flush = False
         self._counts = collections.Counter[str]()
         self._largest_batch = 0
         self._forward_seconds = 0.0
@@ -444,6 +446,14 @@ class InferenceEngine:
         return self._closing
 
     # ------------------------------------------------------------------ public API
+
+    def flush(self) -> None:
+        """Run what is waiting without waiting out ``max_wait_ms``: for a caller that knows no
+        more images are coming soon (e.g. every study in flight has submitted all of its).
+        The next batch fires at once, with whatever is pending then."""
+        with self._condition:
+            self._flush = True
+            self._condition.notify_all()
 
     def submit(self, images: torch.Tensor | Sequence[torch.Tensor]) -> Future[EncoderOutput]:
         """Queue images for encoding.
@@ -590,11 +600,12 @@ class InferenceEngine:
             if not self._pending:
                 return None
             deadline = self._pending[0].arrived + self._max_wait_s
-            while self._pending_images < self._max_batch and not self._closing:
+            while self._pending_images < self._max_batch and not self._closing and not self._flush:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._condition.wait(left)
+            self._flush = False
             segments: list[_Segment] = []
             room = self._max_batch
             while self._pending and room:

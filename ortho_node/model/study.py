@@ -32,8 +32,10 @@ are kept). Images that fail are logged with hashed UIDs only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +244,8 @@ class StudyAnalyser:
         self._content_limits = content_limits
         self._explain = explain
         self._timeout = encode_timeout_s
+        self._studies_preparing = 0
+        self._preparing_lock = threading.Lock()
 
     @classmethod
     def from_bundle_dir(
@@ -371,11 +375,12 @@ class StudyAnalyser:
             submit=self._engine.submit, config=self._config, sampling=self._sampling,
             min_slices=self._min_slices, content_limits=self._content_limits,
         )
-        head_sides = [
-            head_side
-            for plan in self._plans
-            for head_side in self._head_sides(plan, screened, cache)
-        ]
+        with self._preparing():
+            head_sides = [
+                head_side
+                for plan in self._plans
+                for head_side in self._head_sides(plan, screened, cache)
+            ]
         self._collect(cache.inputs)
         findings: list[Finding] = []
         outcomes: list[TaskOutcome] = []
@@ -440,6 +445,22 @@ class StudyAnalyser:
                 head_side.inputs = [cache.series_for(eligible, plan.preference)]
             head_sides.append(head_side)
         return head_sides
+
+    @contextlib.contextmanager
+    def _preparing(self) -> Iterator[None]:
+        """Around a study's preparation and submission of its inputs. When the last study in
+        flight leaves it, nothing more is coming soon: the engine runs what waits at once
+        instead of waiting out ``max_wait_ms`` (the whole of it, for a study that arrives alone)."""
+        with self._preparing_lock:
+            self._studies_preparing += 1
+        try:
+            yield
+        finally:
+            with self._preparing_lock:
+                self._studies_preparing -= 1
+                last = self._studies_preparing == 0
+            if last:
+                self._engine.flush()
 
     def _collect(self, inputs: Sequence[ModelInput]) -> None:
         """Wait for the engine's answers to every input the study submitted."""
