@@ -17,6 +17,7 @@ from ortho_node.model.engine import (
     Precision,
     batch_buckets,
     bucket_plan,
+    images_to_take,
     native_bf16,
     resolve_precision,
 )
@@ -163,7 +164,7 @@ def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: 
 
 def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedBundle) -> None:
     # torch.compile (inductor, C++ code generated and built with the machine's compiler), static
-    # shapes with frozen weights: on the CPU a batch of 3 runs as 2 + 1.
+    # shapes with frozen weights: on the CPU 3 waiting images run as a bucket of 2, then of 1.
     batch = images(3, seed=5)
     counters.clear()
     with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="fp32") as engine:
@@ -180,10 +181,23 @@ def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedB
     assert torch.allclose(compiled.cls, eager.cls, atol=1e-5)
     assert torch.allclose(compiled.patches, eager.patches, atol=1e-5)
     assert torch.allclose(smaller.cls, eager.cls[:2], atol=1e-5)
-    assert stats.recent_batch_sizes == (3, 2), "statistics count real images, not padding"
+    assert stats.recent_batch_sizes == (2, 1, 2), "forwards of whole buckets, real images counted"
     # The weights really were frozen: only constant weights get packed for oneDNN (with
     # freezing requested from inductor alone, dynamo kept them as graph inputs, silently).
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
+
+
+@pytest.mark.parametrize(
+    "waiting,split,taken",
+    [(1, True, 1), (3, True, 2), (14, True, 8), (16, True, 16), (40, True, 16),
+     (14, False, 16), (3, False, 16)],  # GPU: one padded forward of everything, up to max_batch
+)
+def test_a_compiled_cpu_engine_takes_the_largest_bucket_the_waiting_images_fill(
+    waiting: int, split: bool, taken: int
+) -> None:
+    assert images_to_take(waiting, 16, batch_buckets(16), split=split) == taken
+    assert images_to_take(waiting, 16, (), split=split) == 16, "eager: everything up to max_batch"
+    assert images_to_take(5, 1000, batch_buckets(1000), split=True) == 1000, "below the smallest bucket: all"
 
 
 @pytest.mark.parametrize(

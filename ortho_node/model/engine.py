@@ -65,6 +65,7 @@ __all__ = [
     "batch_buckets",
     "bucket_plan",
     "compile_for_inference",
+    "images_to_take",
     "inference_model",
     "native_bf16",
     "with_bf16_linear_weights",
@@ -178,6 +179,16 @@ def bucket_plan(count: int, buckets: Sequence[int], *, split: bool) -> list[tupl
         plan.append((start, start + take, size if size is not None else buckets[0]))
         start += take
     return plan
+
+
+def images_to_take(waiting: int, max_batch: int, buckets: Sequence[int], *, split: bool) -> int:
+    """How many of ``waiting`` images the next forward takes: up to ``max_batch``; where a
+    compiled engine splits batches into buckets (``split``, the CPU: :func:`bucket_plan`), the
+    largest bucket they fill. The rest waits for the next forward, which newcomers join,
+    instead of running now as smaller buckets (14 waiting: 8 now, not 8 + 4 + 2)."""
+    if not buckets or not split:
+        return max_batch
+    return max((b for b in buckets if b <= waiting), default=max_batch)
 
 
 def compile_for_inference(module: torch.nn.Module, device: torch.device) -> Callable[..., Any]:
@@ -607,7 +618,9 @@ class InferenceEngine:
                 self._condition.wait(left)
             self._flush = False
             segments: list[_Segment] = []
-            room = self._max_batch
+            room = images_to_take(
+                self._pending_images, self._max_batch, self._buckets, split=self.device.type == "cpu"
+            )
             while self._pending and room:
                 request = self._pending[0]
                 if request.cursor == 0 and not request.future.set_running_or_notify_cancel():
