@@ -4,8 +4,9 @@ kombu's SQL transport polls its queue table (a write transaction on SQLite each 
 second, which put up to a second of idle wait on every job and every delivery of a node that has
 no Redis. Here every publish also rings a *doorbell*: an empty datagram to a Unix socket in
 Linux's abstract namespace, named after the broker URL, on which the consumer waits between
-polls. A waiting worker takes a new message within a millisecond or two instead of after half a
-poll interval, and the poll stays only as a safety net. The doorbell carries no data and may be
+polls. A waiting worker takes a new message within a few milliseconds (7-9 ms from publish to
+consumer on this project's 2-core machine, against 60-77 ms with the 0.1 s poll), and the poll
+stays only as a safety net. The doorbell carries no data and may be
 lost without harm: the table stays the only source of truth. One consumer per broker can listen
 (the embedded node runs one worker); another, or a platform without abstract sockets, polls ten
 times a second.
