@@ -114,7 +114,9 @@ def test_flush_runs_what_waits_without_waiting_out_max_wait(bundle: LoadedBundle
         assert first.result(timeout=20).cls.shape[0] == 2
         assert second.result(timeout=20).cls.shape[0] == 1
         assert engine.stats().recent_batch_sizes == (3,), "both waiting requests in one batch"
-        # The flush is spent: the next lone request waits for company again.
+        # The flush is spent, and one with nothing waiting is not kept for later: the next
+        # lone request waits for company again.
+        engine.flush()
         third = engine.submit(images(1, seed=3))
         with pytest.raises(TimeoutError):
             third.result(timeout=0.5)

@@ -461,10 +461,12 @@ class InferenceEngine:
     def flush(self) -> None:
         """Run what is waiting without waiting out ``max_wait_ms``: for a caller that knows no
         more images are coming soon (e.g. every study in flight has submitted all of its).
-        The next batch fires at once, with whatever is pending then."""
+        The next batch fires at once, with whatever is pending then; with nothing pending it
+        does nothing (a later request waits for company as usual)."""
         with self._condition:
-            self._flush = True
-            self._condition.notify_all()
+            if self._pending:
+                self._flush = True
+                self._condition.notify_all()
 
     def submit(self, images: torch.Tensor | Sequence[torch.Tensor]) -> Future[EncoderOutput]:
         """Queue images for encoding.
