@@ -378,7 +378,7 @@ def _grey_levels(values: np.ndarray) -> int:
     """How many distinct values ``values`` has at three decimals: the count of
     ``np.unique(np.round(values, 3))``, by a histogram of the rounded thousandths instead of a
     sort when every value lies in [0, 1] (a tenth of the time on a 256² image)."""
-    thousandths = np.rint(values * np.float32(1000.0) if values.dtype == np.float32 else values * 1000.0)
+    thousandths = np.rint(values * 1000.0)  # in the values' own precision, as np.round computes
     low, high = (float(v) for v in (thousandths.min(), thousandths.max())) if thousandths.size else (0.0, 0.0)
     if not (0.0 <= low and high <= 1000.0):  # outside the display range, or NaN: the general way
         return len(np.unique(np.round(values, 3)))
