@@ -75,8 +75,8 @@ linux_only = pytest.mark.skipif(not embedded_broker.Doorbell.supported, reason="
 @linux_only
 def test_a_publish_wakes_the_waiting_consumer_before_its_next_poll(tmp_path, monkeypatch):
     url = f"{embedded_broker.ALIAS}+sqlite:///{tmp_path / 'broker.sqlite'}"
-    # The safety poll comes after the consumer's own limit: only the doorbell can deliver in time.
-    monkeypatch.setattr(embedded_broker.Transport, "doorbell_polling_interval", 60.0)
+    # The next poll would come after the consumer's own limit: only the doorbell can deliver in time.
+    monkeypatch.setattr(embedded_broker.Transport, "polling_interval", 60.0)
     waiting = threading.Event()
     original_wait = embedded_broker.Doorbell.wait
 

@@ -5,11 +5,11 @@ second, which put up to a second of idle wait on every job and every delivery of
 no Redis. Here every publish also rings a *doorbell*: an empty datagram to a Unix socket in
 Linux's abstract namespace, named after the broker URL, on which the consumer waits between
 polls. A waiting worker takes a new message within a few milliseconds (7-9 ms from publish to
-consumer on this project's 2-core machine, against 60-77 ms with the 0.1 s poll), and the poll
-stays only as a safety net. The doorbell carries no data and may be
-lost without harm: the table stays the only source of truth. One consumer per broker can listen
-(the embedded node runs one worker); another, or a platform without abstract sockets, polls ten
-times a second.
+consumer on this project's 2-core machine, against 60-77 ms with the 0.1 s poll alone). The
+doorbell carries no data and may be lost without harm: the table stays the only source of
+truth, and the poll goes on ten times a second for a consumer the rings cannot reach (one in
+another network namespace; a second consumer of the same broker, since only one can listen and
+the embedded node runs one worker; a platform without abstract sockets).
 
 kombu also keeps every message it has handed out (``visible = False``) for ever, so the broker
 file of a long-running embedded node grows with every job and delivery. A handed-out message is
@@ -150,9 +150,7 @@ class Channel(SQLAlchemyChannel):
 class Transport(SQLAlchemyTransport):
     Channel = Channel
     polling_interval = 0.1
-    """Between polls of a consumer that could not take the doorbell."""
-    doorbell_polling_interval = 1.0
-    """Between polls of the consumer that listens to the doorbell (a safety net only)."""
+    """Most time between two polls (a ring cuts the wait short)."""
 
     _doorbell: Doorbell | None = None
 
@@ -174,7 +172,7 @@ class Transport(SQLAlchemyTransport):
                 waited = time.monotonic() - start
                 if timeout is not None and waited >= timeout:
                     raise socket.timeout() from None
-                pause = self.doorbell_polling_interval
+                pause = self.polling_interval
                 if timeout is not None:
                     pause = min(pause, timeout - waited)
                 # A ring that arrived since the poll above is still queued: no lost wake-up.
