@@ -152,6 +152,10 @@ def conformance_statement(settings: Settings) -> str:
         "Result objects are in the study of their source images, each kind in its own series;"
         " instances the node produced that come back to it are stored and never re-processed.",
         "",
+        "The SCU's TCP connection has Nagle's algorithm off and, on Linux, acknowledges what it"
+        " reads at once (TCP_QUICKACK), so a destination that writes its responses in pieces with"
+        " Nagle on (DCMTK's default) is not held up by delayed acknowledgements.",
+        "",
         "## 4. DICOMweb",
         "",
         "STOW-RS origin server: `POST /dicomweb/studies` and `POST /dicomweb/studies/{study}` on"
