@@ -78,11 +78,13 @@ def test_a_publish_wakes_the_waiting_consumer_before_its_next_poll(tmp_path, mon
     # The next poll would come after the consumer's own limit: only the doorbell can deliver in time.
     monkeypatch.setattr(embedded_broker.Transport, "polling_interval", 60.0)
     waiting = threading.Event()
+    rung: list[bool] = []
     original_wait = embedded_broker.Doorbell.wait
 
     def wait(self, timeout):  # the consumer has polled an empty queue and now waits
         waiting.set()
-        return original_wait(self, timeout)
+        rung.append(original_wait(self, timeout))
+        return rung[-1]
 
     monkeypatch.setattr(embedded_broker.Doorbell, "wait", wait)
     received: list = []
@@ -91,7 +93,8 @@ def test_a_publish_wakes_the_waiting_consumer_before_its_next_poll(tmp_path, mon
     assert waiting.wait(20), "the consumer never started waiting"
     _publish(url, {"job": 7})
     consumer.join(30)
-    assert received == [{"job": 7}, True], "woken by the doorbell, not by a poll or the time-out"
+    assert received == [{"job": 7}, True]
+    assert rung == [True], "the wait ended by a ring, not by running out"
 
 
 @linux_only

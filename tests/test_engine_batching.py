@@ -166,24 +166,30 @@ def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: 
 
 def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedBundle) -> None:
     # torch.compile (inductor, C++ code generated and built with the machine's compiler), static
-    # shapes with frozen weights: on the CPU 3 waiting images run as a bucket of 2, then of 1.
+    # shapes with frozen weights, batches run as buckets.
     batch = images(3, seed=5)
     counters.clear()
     with InferenceEngine(bundle, max_batch=4, max_wait_ms=0, precision="fp32") as engine:
         eager = engine.encode(batch)
         assert engine.batch_buckets == ()
     with InferenceEngine(
-        bundle, max_batch=4, max_wait_ms=0, precision="fp32", compile=True
+        bundle, max_batch=4, max_wait_ms=600_000, precision="fp32", compile=True
     ) as engine:
         assert engine.batch_buckets == (1, 2, 4)
-        compiled = engine.encode(batch)
-        smaller = engine.encode(batch[:2])  # another bucket: no failure, no fallback
+        # Ten minutes' wait for company: after a flush all 3 waiting images run at once (as
+        # buckets 2 + 1 inside one forward), none is left to wait out the ten minutes.
+        pending = engine.submit(batch)
+        engine.flush()
+        compiled = pending.result(timeout=300)
+        pending = engine.submit(batch[:2])  # another bucket: no failure, no fallback
+        engine.flush()
+        smaller = pending.result(timeout=300)
         stats = engine.stats()
     assert compiled.cls.shape == eager.cls.shape and compiled.patches.shape == eager.patches.shape
     assert torch.allclose(compiled.cls, eager.cls, atol=1e-5)
     assert torch.allclose(compiled.patches, eager.patches, atol=1e-5)
     assert torch.allclose(smaller.cls, eager.cls[:2], atol=1e-5)
-    assert stats.recent_batch_sizes == (2, 1, 2), "forwards of whole buckets, real images counted"
+    assert stats.recent_batch_sizes == (3, 2), "statistics count real images, not padding"
     # The weights really were frozen: only constant weights get packed for oneDNN (with
     # freezing requested from inductor alone, dynamo kept them as graph inputs, silently).
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0

@@ -11,8 +11,8 @@ So the second piece of a response waits 40 ms for the ACK of the first. Measured
 Debian's Orthanc on loopback: a C-ECHO took 45 ms, a C-STORE of an MR slice 49 ms; with
 :func:`low_latency` 3.6 ms and ~7 ms. Our own writes go out at once (``TCP_NODELAY``), and we
 acknowledge what we read at once (``TCP_QUICKACK``, which Linux turns off again by itself,
-hence set after every read), so a peer with Nagle on is not kept waiting either. Both are
-hints: a socket that refuses them is only slower.
+hence set again after each read of a PDU header and of a PDU body), so a peer with Nagle on is
+not kept waiting either. Both are hints: a socket that refuses them is only slower.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def _set(sock: socket.socket | None, option: int | None) -> None:
 
 
 def low_latency(event: Event) -> None:
-    """EVT_CONN_OPEN: Nagle off, and every read of the association's socket followed by a
-    quick ACK of what it found.
+    """EVT_CONN_OPEN: Nagle off, and each read of a PDU header or body (pynetdicom's
+    ``AssociationSocket.recv``) followed by a quick ACK of what it found.
 
     The quick ACK has to come between pynetdicom's read of a PDU header and its read of the
     body (the peer may hold the body back until the header is acknowledged), where no public

@@ -618,9 +618,11 @@ class InferenceEngine:
                 if left <= 0:
                     break
                 self._condition.wait(left)
-            self._flush = False
+            flushing, self._flush = self._flush, False
             segments: list[_Segment] = []
-            room = images_to_take(
+            # After a flush nothing more is coming: everything waiting runs now (split into
+            # buckets inside the one forward), none of it is left to wait out max_wait_ms.
+            room = self._max_batch if flushing or self._closing else images_to_take(
                 self._pending_images, self._max_batch, self._buckets, split=self.device.type == "cpu"
             )
             while self._pending and room:

@@ -377,11 +377,12 @@ def identify_view(ds: Dataset) -> tuple[RadiographView | None, str]:
 def _grey_levels(values: np.ndarray) -> int:
     """How many distinct values ``values`` has at three decimals: the count of
     ``np.unique(np.round(values, 3))``, by a histogram of the rounded thousandths instead of a
-    sort when every value lies in [0, 1] (a tenth of the time on a 256² image)."""
+    sort when every value rounds into [0, 1] (a tenth of the time on a 256² image)."""
     thousandths = np.rint(values * 1000.0)  # in the values' own precision, as np.round computes
-    low, high = (float(v) for v in (thousandths.min(), thousandths.max())) if thousandths.size else (0.0, 0.0)
-    if not (0.0 <= low and high <= 1000.0):  # outside the display range, or NaN: the general way
-        return len(np.unique(np.round(values, 3)))
+    if thousandths.size == 0:
+        return 0
+    if not (0.0 <= float(thousandths.min()) and float(thousandths.max()) <= 1000.0):
+        return len(np.unique(np.round(values, 3)))  # outside the display range, or NaN
     return int(np.count_nonzero(np.bincount(thousandths.astype(np.intp).ravel(), minlength=1001)))
 
 

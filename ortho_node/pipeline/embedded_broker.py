@@ -51,6 +51,7 @@ class Doorbell:
         self.address = f"\0ortho-node-broker-{digest}"
         self._sender: socket.socket | None = None
         self._listener: socket.socket | None = None
+        self._poller: select.poll | None = None
 
     @property
     def listening(self) -> bool:
@@ -75,22 +76,26 @@ class Doorbell:
             return True
         if not self.supported:
             return False
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError:  # out of file descriptors: poll, as without a doorbell
+            return False
         try:
             listener.bind(self.address)
         except OSError:
             listener.close()
             return False
         listener.setblocking(False)
+        self._poller = select.poll()
+        self._poller.register(listener, select.POLLIN)
         self._listener = listener
         return True
 
     def wait(self, timeout: float) -> bool:
         """Until a ring arrives (or one is pending) or ``timeout`` seconds pass; clears the
         pending rings and says whether there was one."""
-        assert self._listener is not None, "listen() first"
-        readable, _, _ = select.select([self._listener], [], [], timeout)
-        if not readable:
+        assert self._listener is not None and self._poller is not None, "listen() first"
+        if not self._poller.poll(max(0.0, timeout) * 1000.0):  # poll(): no FD_SETSIZE limit
             return False
         try:
             while True:
@@ -103,6 +108,7 @@ class Doorbell:
             if sock is not None:
                 sock.close()
         self._sender = self._listener = None
+        self._poller = None
 
 
 class Channel(SQLAlchemyChannel):
@@ -161,6 +167,8 @@ class Transport(SQLAlchemyTransport):
             self._doorbell = Doorbell(self.client.hostname)
             if self._doorbell.listen():
                 log.debug("embedded broker: this consumer listens to the doorbell")
+            else:  # another consumer of this broker has it (or no abstract sockets here)
+                log.info("embedded broker: no doorbell for this consumer; polling every %g s", self.polling_interval)
         if not self._doorbell.listening:
             return super().drain_events(connection, timeout=timeout)
         start = time.monotonic()
