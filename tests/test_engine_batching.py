@@ -205,7 +205,13 @@ def test_a_compiled_cpu_engine_takes_the_largest_bucket_the_waiting_images_fill(
 ) -> None:
     assert images_to_take(waiting, 16, batch_buckets(16), split=split) == taken
     assert images_to_take(waiting, 16, (), split=split) == 16, "eager: everything up to max_batch"
-    assert images_to_take(5, 1000, batch_buckets(1000), split=True) == 1000, "below the smallest bucket: all"
+    assert images_to_take(waiting, 16, batch_buckets(16), split=split, more_coming=False) == 16, (
+        "nothing more coming: everything waiting"
+    )
+
+
+def test_images_below_the_smallest_bucket_are_all_taken() -> None:
+    assert images_to_take(5, 1000, batch_buckets(1000), split=True) == 1000
 
 
 @pytest.mark.parametrize(

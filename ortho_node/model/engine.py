@@ -181,12 +181,16 @@ def bucket_plan(count: int, buckets: Sequence[int], *, split: bool) -> list[tupl
     return plan
 
 
-def images_to_take(waiting: int, max_batch: int, buckets: Sequence[int], *, split: bool) -> int:
+def images_to_take(
+    waiting: int, max_batch: int, buckets: Sequence[int], *, split: bool, more_coming: bool = True
+) -> int:
     """How many of ``waiting`` images the next forward takes: up to ``max_batch``; where a
-    compiled engine splits batches into buckets (``split``, the CPU: :func:`bucket_plan`), the
-    largest bucket they fill. The rest waits for the next forward, which newcomers join,
-    instead of running now as smaller buckets (14 waiting: 8 now, not 8 + 4 + 2)."""
-    if not buckets or not split:
+    compiled engine splits batches into buckets (``split``, the CPU: :func:`bucket_plan`) and
+    ``more_coming``, the largest bucket they fill. The rest waits for the next forward, which
+    newcomers join, instead of running now as smaller buckets (14 waiting: 8 now, not
+    8 + 4 + 2). With nothing more coming (a flush, closing) everything waiting runs now, split
+    into buckets inside the one forward, so none of it waits out ``max_wait_ms``."""
+    if not buckets or not split or not more_coming:
         return max_batch
     return max((b for b in buckets if b <= waiting), default=max_batch)
 
@@ -620,10 +624,9 @@ class InferenceEngine:
                 self._condition.wait(left)
             flushing, self._flush = self._flush, False
             segments: list[_Segment] = []
-            # After a flush nothing more is coming: everything waiting runs now (split into
-            # buckets inside the one forward), none of it is left to wait out max_wait_ms.
-            room = self._max_batch if flushing or self._closing else images_to_take(
-                self._pending_images, self._max_batch, self._buckets, split=self.device.type == "cpu"
+            room = images_to_take(
+                self._pending_images, self._max_batch, self._buckets,
+                split=self.device.type == "cpu", more_coming=not (flushing or self._closing),
             )
             while self._pending and room:
                 request = self._pending[0]

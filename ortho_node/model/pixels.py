@@ -358,7 +358,7 @@ def to_display(
             voi = f"percentile {low_pct:g}-{high_pct:g}"
         else:
             voi = f"supplied window {window.center:g}/{window.width:g}"
-        display = _linear_window(values, window)
+        display = _window_map(values, low=window.center - window.width / 2.0, width=window.width)
     display = np.asarray(display, dtype=np.float32)  # the window paths already give float32
     np.clip(display, 0.0, 1.0, out=display)
     if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
@@ -435,10 +435,6 @@ def _header_window(values: np.ndarray, view: Dataset) -> np.ndarray:
             raise UnsupportedImageError(f"unusable window in the header: {exc}") from exc
         return windowed / _WINDOW_OUTPUT_MAX
     return _window_map(values, low=center - width / 2.0, width=width)
-
-
-def _linear_window(values: np.ndarray, window: Window) -> np.ndarray:
-    return _window_map(values, low=window.center - window.width / 2.0, width=window.width)
 
 
 def _window_map(values: np.ndarray, *, low: float, width: float) -> np.ndarray:
