@@ -29,20 +29,28 @@ Usage::
     bench/infer --device cuda         # the GPU run: same measurements, GPU-sized batches
     bench/infer --models vits --precisions fp32 --quick
     bench/infer --compile             # torch.compile the encoder, as worker.compile: true does
+    bench/infer --device cuda --processes 8   # end to end in 8 worker processes sharing the GPU
+
+End to end runs in one process by default. Preparation is Python under one interpreter lock per
+process, so on a GPU host one process prepares about 90 radiographs/s however many cores it
+has (16-core H200 host); ``--processes N`` shares the studies among N processes, each with its
+own engine on the device, as N ``ortho-node worker`` processes would.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,7 +68,7 @@ from ortho_node.model.engine import (  # noqa: E402
     native_bf16,
 )
 from ortho_node.model.heads import create_head  # noqa: E402
-from ortho_node.model.infer import analyse_studies, collect_studies  # noqa: E402
+from ortho_node.model.infer import StudyFiles, analyse_studies, collect_studies  # noqa: E402
 from ortho_node.model.study import StudyAnalyser  # noqa: E402
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study  # noqa: E402
 
@@ -83,7 +91,7 @@ class Plan:
 def plan_for(device: torch.device, model: str, precision: Precision, quick: bool) -> Plan:
     if device.type == "cuda":
         batch = 256 if model == "vits" else 64
-        return Plan(batch, 5 if quick else 20, (1 if quick else 2) * batch)
+        return Plan(batch, 5 if quick else 20, (1 if quick else 4) * batch)
     slow_bf16 = precision is Precision.BF16 and not native_bf16(device)
     if slow_bf16:  # bf16 emulated in software: a token run, the figure only shows it is slow
         return Plan(2, 1, 4) if model == "vits" else Plan(1, 1, 1)
@@ -268,32 +276,105 @@ def end_to_end(
     plan: Plan,
     files: list[Path],
     compile: bool,
+    processes: int = 1,
 ) -> float:
-    """Images/s of read + decode + preprocess + engine + heads over the written studies."""
+    """Images/s of read + decode + preprocess + engine + heads over the written studies.
+
+    With ``processes`` > 1 the studies are shared among that many processes, each with its own
+    analyser and engine on ``device``: several ``ortho-node worker`` processes on one host,
+    which is how preparation (Python, under one GIL per process) uses a host's cores.
+    """
     studies = collect_studies(files).studies
     wanted = (plan.e2e_images + 1) // 2
     warm, timed_studies = studies[:1], studies[1 : 1 + wanted]
     # Two batches' worth of images in flight (two radiographs per study): one batch is encoded
     # while the studies of the next are read and prepared, as in a worker with a queue.
-    concurrent = max(2, plan.batch)
-    bundle = load_bundle(bundle_dir, device=device)
-    analyser = StudyAnalyser(
-        bundle, max_batch=plan.batch, max_wait_ms=20, precision=precision, compile=compile
-    )
-    with analyser:
-        if compile:  # every batch bucket compiled before the clock starts, as a worker does
-            analyser.engine.warmup()
-        analyse_studies(analyser, warm, concurrent_studies=1)
-        start = time.perf_counter()
-        analyse_studies(analyser, timed_studies, concurrent_studies=concurrent)
-        elapsed = time.perf_counter() - start
-        mean_batch = analyser.engine.stats().mean_batch
+    concurrent = max(2, plan.batch // processes)
     images = sum(len(s.paths) for s in timed_studies)
+    if processes == 1:
+        elapsed, mean_batch = _analyse_timed(
+            bundle_dir, device, precision, plan.batch, compile, warm, timed_studies, concurrent
+        )
+        mean_batches = [mean_batch]
+    else:
+        elapsed, mean_batches = _analyse_in_processes(
+            bundle_dir, device, precision, plan.batch, compile, warm, timed_studies, concurrent,
+            processes,
+        )
     print(
-        f"    end-to-end: {images} images, mean batch {mean_batch:.1f}, "
-        f"{concurrent} studies in flight"
+        f"    end-to-end: {images} images, {processes} process(es), mean batch "
+        f"{statistics.mean(mean_batches):.1f}, {concurrent} studies in flight per process"
     )
     return images / elapsed
+
+
+def _analyser(
+    bundle_dir: Path, device: torch.device, precision: Precision, batch: int, compile: bool,
+    warm: Sequence[StudyFiles],
+) -> StudyAnalyser:
+    """A warmed analyser: every batch bucket compiled and one study analysed, as a worker
+    is before its first job."""
+    bundle = load_bundle(bundle_dir, device=device)
+    analyser = StudyAnalyser(
+        bundle, max_batch=batch, max_wait_ms=20, precision=precision, compile=compile
+    )
+    if compile:
+        analyser.engine.warmup()
+    analyse_studies(analyser, warm, concurrent_studies=1)
+    return analyser
+
+
+def _analyse_timed(
+    bundle_dir: Path, device: torch.device, precision: Precision, batch: int, compile: bool,
+    warm: Sequence[StudyFiles], studies: Sequence[StudyFiles], concurrent: int,
+) -> tuple[float, float]:
+    with _analyser(bundle_dir, device, precision, batch, compile, warm) as analyser:
+        start = time.perf_counter()
+        analyse_studies(analyser, studies, concurrent_studies=concurrent)
+        elapsed = time.perf_counter() - start
+        return elapsed, analyser.engine.stats().mean_batch
+
+
+def _process_share(
+    bundle_dir: Path, device: str, precision: Precision, batch: int, compile: bool,
+    warm: Sequence[StudyFiles], studies: Sequence[StudyFiles], concurrent: int, threads: int,
+    ready: Any, results: Any,
+) -> None:
+    """One process of a multi-process run: warm up, wait for the others, analyse its share."""
+    torch.set_num_threads(threads)
+    with _analyser(bundle_dir, torch.device(device), precision, batch, compile, warm) as analyser:
+        ready.wait()
+        analyse_studies(analyser, studies, concurrent_studies=concurrent)
+        results.put(analyser.engine.stats().mean_batch)
+
+
+def _analyse_in_processes(
+    bundle_dir: Path, device: torch.device, precision: Precision, batch: int, compile: bool,
+    warm: Sequence[StudyFiles], studies: Sequence[StudyFiles], concurrent: int, processes: int,
+) -> tuple[float, list[float]]:
+    """Wall time from the moment every process is warm until the last one is done."""
+    context = multiprocessing.get_context("spawn")  # no fork after torch started threads
+    ready, results = context.Barrier(processes + 1), context.Queue()
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    workers = [
+        context.Process(
+            target=_process_share,
+            args=(bundle_dir, str(device), precision, batch, compile, warm,
+                  studies[index::processes], concurrent, threads, ready, results),
+        )
+        for index in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    ready.wait(timeout=900)
+    start = time.perf_counter()
+    mean_batches = [results.get(timeout=900) for _ in workers]
+    elapsed = time.perf_counter() - start
+    for worker in workers:
+        worker.join()
+        if worker.exitcode:
+            raise RuntimeError(f"an end-to-end process exited with {worker.exitcode}")
+    return elapsed, mean_batches
 
 
 def describe_device(device: torch.device) -> str:
@@ -318,7 +399,14 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoder (worker.compile)"
     )
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="end to end in this many processes, each with its own engine on the device "
+        "(several worker processes on one host; default 1)",
+    )
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
@@ -366,7 +454,9 @@ def main() -> None:
                     f"    raw: bf16 product rate sampled around the iterations "
                     f"{raw.peak_low:,.0f}-{raw.peak_high:,.0f} GFLOP/s"
                 )
-                e2e = end_to_end(bundle_dir, device, precision, plan, files, args.compile)
+                e2e = end_to_end(
+                    bundle_dir, device, precision, plan, files, args.compile, args.processes
+                )
                 rows.append((label, precision, plan.batch, flops, raw, e2e))
             del encoder
 
