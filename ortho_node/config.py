@@ -260,8 +260,9 @@ class WorkerSettings(_Section):
     max_wait_ms: float = Field(20.0, ge=0)
     compile: bool = Field(
         False,
-        description="torch.compile the encoder: frozen weights, one graph per batch bucket, CPU matrix "
-        "products autotuned; faster forwards for minutes of compilation at worker start",
+        description="torch.compile the encoder, paid at worker start: on a CPU frozen weights, one graph "
+        "per batch bucket, matrix products autotuned (minutes); on a GPU one graph for every batch size "
+        "(ViT-L/16 on an H200: 2 minutes, then 1.8x the eager forward)",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast only where the device computes bf16 natively (CUDA, AMX CPUs)"

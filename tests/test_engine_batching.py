@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 from tests.infer_support import INPUT_SIZE, fixture_bundle_dir
 
@@ -17,6 +18,7 @@ from ortho_node.model.engine import (
     Precision,
     batch_buckets,
     bucket_plan,
+    compile_any_batch,
     images_to_take,
     native_bf16,
     resolve_precision,
@@ -138,11 +140,36 @@ def test_cuda_engine_matches_cpu() -> None:
     with InferenceEngine(load_bundle(fixture_bundle_dir()), precision="fp32") as cpu_engine:
         reference = cpu_engine.encode(batch)
     cuda_bundle = load_bundle(fixture_bundle_dir(), device="cuda")
-    for precision, tolerance in (("fp32", 1e-3), ("bf16", BF16_ATOL)):
-        with InferenceEngine(cuda_bundle, precision=precision) as engine:
+    for precision, tolerance, compile in (
+        ("fp32", 1e-3, False), ("bf16", BF16_ATOL, False), ("bf16", BF16_ATOL, True)
+    ):
+        with InferenceEngine(cuda_bundle, precision=precision, compile=compile) as engine:
             output = engine.encode(batch)
+            lone = engine.encode(batch[:1])
+            assert engine.batch_buckets == (), "compiled on a GPU: one graph, no buckets"
         assert output.patches.device.type == "cuda"
         assert torch.allclose(output.patches.cpu(), reference.patches, atol=tolerance)
+        assert torch.allclose(lone.patches.cpu(), reference.patches[:1], atol=tolerance)
+
+
+def test_compiled_for_any_batch_size_is_one_graph_and_runs_a_lone_image(bundle: LoadedBundle) -> None:
+    # The GPU engine's compilation, traced here with dynamo's own compile counter as backend
+    # (inductor's code generation is the CPU test's and the CUDA test's business).
+    counter = CompileCounter()
+    compiled = compile_any_batch(bundle.encoder, backend=counter)
+    with torch.inference_mode():
+        # Inputs made in inference mode, as the GPU engine's (copied to the device there):
+        # dynamo guards on the dispatch keys, which differ for inference tensors.
+        batch = images(5, seed=6).clone()
+        eager = bundle.encoder(batch)
+        outputs = {size: compiled(batch[:size]) for size in (5, 3, 2, 1, 4)}
+    assert counter.frame_count == 1, "one graph for every batch size, a lone image included"
+    for size, output in outputs.items():
+        assert output.cls.shape == (size, *eager.cls.shape[1:])
+        assert output.patches.shape == (size, *eager.patches.shape[1:])
+        assert output.grid == eager.grid
+        assert torch.allclose(output.cls, eager.cls[:size], atol=1e-5)
+        assert torch.allclose(output.patches, eager.patches[:size], atol=1e-5)
 
 
 def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: LoadedBundle) -> None:
@@ -195,23 +222,19 @@ def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedB
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
 
 
-@pytest.mark.parametrize(
-    "waiting,split,taken",
-    [(1, True, 1), (3, True, 2), (14, True, 8), (16, True, 16), (40, True, 16),
-     (14, False, 16), (3, False, 16)],  # GPU: one padded forward of everything, up to max_batch
-)
+@pytest.mark.parametrize("waiting,taken", [(1, 1), (3, 2), (14, 8), (16, 16), (40, 16)])
 def test_a_compiled_cpu_engine_takes_the_largest_bucket_the_waiting_images_fill(
-    waiting: int, split: bool, taken: int
+    waiting: int, taken: int
 ) -> None:
-    assert images_to_take(waiting, 16, batch_buckets(16), split=split) == taken
-    assert images_to_take(waiting, 16, (), split=split) == 16, "eager: everything up to max_batch"
-    assert images_to_take(waiting, 16, batch_buckets(16), split=split, more_coming=False) == 16, (
+    assert images_to_take(waiting, 16, batch_buckets(16)) == taken
+    assert images_to_take(waiting, 16, ()) == 16, "eager, or any batch size: everything up to max_batch"
+    assert images_to_take(waiting, 16, batch_buckets(16), more_coming=False) == 16, (
         "nothing more coming: everything waiting"
     )
 
 
 def test_images_below_the_smallest_bucket_are_all_taken() -> None:
-    assert images_to_take(5, 1000, batch_buckets(1000), split=True) == 1000
+    assert images_to_take(5, 1000, batch_buckets(1000)) == 1000
 
 
 @pytest.mark.parametrize(
@@ -224,21 +247,20 @@ def test_batch_buckets_are_powers_of_two_up_to_the_largest_batch(max_batch: int,
 
 
 @pytest.mark.parametrize(
-    "count,split,plan",
+    "count,plan",
     [
-        (6, True, [(0, 4, 4), (4, 6, 2)]),  # CPU: the largest buckets that fit, nothing padded
-        (6, False, [(0, 6, 8)]),  # GPU: one forward, padded up to the next bucket
-        (16, True, [(0, 16, 16)]),
-        (31, True, [(0, 16, 16), (16, 24, 8), (24, 28, 4), (28, 30, 2), (30, 31, 1)]),
-        (1, False, [(0, 1, 1)]),
+        (6, [(0, 4, 4), (4, 6, 2)]),  # the largest buckets that fit, nothing padded
+        (16, [(0, 16, 16)]),
+        (31, [(0, 16, 16), (16, 24, 8), (24, 28, 4), (28, 30, 2), (30, 31, 1)]),
+        (1, [(0, 1, 1)]),
     ],
 )
-def test_bucket_plan_splits_on_cpu_and_pads_on_gpu(count: int, split: bool, plan: list) -> None:
-    assert bucket_plan(count, batch_buckets(16 if count <= 16 else 32), split=split) == plan
+def test_bucket_plan_splits_into_the_largest_buckets_that_fit(count: int, plan: list) -> None:
+    assert bucket_plan(count, batch_buckets(16 if count <= 16 else 32)) == plan
 
 
 def test_bucket_plan_pads_a_remainder_below_the_smallest_bucket_and_runs_eager_whole() -> None:
     buckets = batch_buckets(1000)  # (8, 16, ..., 1000): no bucket below 8
-    assert bucket_plan(21, buckets, split=True) == [(0, 16, 16), (16, 21, 8)]
-    assert bucket_plan(5, buckets, split=True) == [(0, 5, 8)]
-    assert bucket_plan(7, (), split=True) == [(0, 7, 7)]
+    assert bucket_plan(21, buckets) == [(0, 16, 16), (16, 21, 8)]
+    assert bucket_plan(5, buckets) == [(0, 5, 8)]
+    assert bucket_plan(7, ()) == [(0, 7, 7)]
