@@ -136,7 +136,9 @@ def serve(
 @app.command()
 def worker(
     concurrency: Optional[int] = typer.Option(None, help="Parallel jobs in this process (default from config)."),
-    pool: str = typer.Option("threads", help="Celery pool: threads keeps one resident model per process."),
+    pool: Optional[str] = typer.Option(
+        None, help="Celery pool: threads (one resident model) or prefork (one per child); default from config."
+    ),
     var_dir: Optional[Path] = typer.Option(None),
     database_url: Optional[str] = typer.Option(None, "--database"),
     broker_url: Optional[str] = typer.Option(None, "--broker"),
@@ -161,7 +163,7 @@ def worker(
             "worker",
             f"--loglevel={settings.log_level}",
             f"--concurrency={concurrency or settings.worker.concurrency}",
-            f"--pool={pool}",
+            f"--pool={pool or settings.worker.pool}",
             "--queues=ortho",
             "--without-gossip",
             "--without-mingle",

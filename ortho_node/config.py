@@ -255,7 +255,13 @@ class WorkerSettings(_Section):
 
     bundle: Path | None = Field(None, description="model bundle directory; default: the packaged demo bundle")
     device: str = "cpu"
-    concurrency: int = Field(1, ge=1, le=64)
+    concurrency: int = Field(1, ge=1, le=64, description="jobs at a time: threads, or child processes with pool prefork")
+    pool: Literal["threads", "prefork"] = Field(
+        "threads",
+        description="threads: one process, one resident model, jobs batched together; prefork: a child "
+        "process per job slot, each with its own model, so that preparation (Python, one core per "
+        "process) uses a many-core GPU host",
+    )
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(20.0, ge=0)
     compile: bool = Field(

@@ -8,6 +8,7 @@ claim their job atomically, and are safe to run twice (``acks_late``).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from celery import Celery
@@ -88,6 +89,11 @@ def build_analysis_step(context: WorkerContext) -> JobStep:
     from ortho_node.pipeline.process import AnalyseStudyStep
 
     worker = context.settings.worker
+    if worker.pool == "prefork":
+        import torch
+
+        # Each child its share of the cores: all of them each would oversubscribe the host.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // worker.concurrency))
     analyser = StudyAnalyser.from_bundle_dir(
         worker.bundle or default_bundle_dir(),
         device=worker.device,
@@ -113,6 +119,13 @@ def build_worker_context(settings: Settings) -> WorkerContext:
     return WorkerContext(settings=settings, db=db, store=store, build_step=build_analysis_step)
 
 
+def _raising(exc: Exception) -> JobStep:
+    def step(job: jobs.ClaimedJob) -> dict:
+        raise exc
+
+    return step
+
+
 def _backoff_s(retries: int) -> float:
     return min(600.0, 5.0 * (2**retries))
 
@@ -124,11 +137,17 @@ def register_tasks(app: NodeCelery) -> None:
     def process_study(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
         """Run one job: claim it, process it, record done/failed. Returns the outcome."""
         context = self.app.worker_context()
+        try:
+            # The model loads (and compiles: minutes) before the job is claimed, so that its
+            # lease does not run out meanwhile; a failure to load fails the claimed job below.
+            step = context.step()
+        except Exception as exc:  # noqa: BLE001 - recorded on the job once it is claimed
+            step = _raising(exc)
         job = jobs.claim(context.db, job_id)
         if job is None:
             return "skipped"
         try:
-            summary = context.step()(job)
+            summary = step(job)
         except TransientJobError as exc:
             if self.request.retries >= self.max_retries:
                 jobs.fail(context.db, job_id, f"gave up after {job.attempt} attempts: {exc}")
