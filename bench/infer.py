@@ -30,6 +30,7 @@ Usage::
     bench/infer --models vits --precisions fp32 --quick
     bench/infer --compile             # torch.compile the encoder, as worker.compile: true does
     bench/infer --device cuda --processes 8   # end to end in 8 worker processes sharing the GPU
+    bench/infer --device cuda --processes 8 --in-flight 1   # ... as a prefork pool's children
 
 End to end runs in one process by default. Preparation is Python under one interpreter lock per
 process, so on a GPU host one process prepares about 90 radiographs/s however many cores it
@@ -43,6 +44,7 @@ import argparse
 import concurrent.futures
 import multiprocessing
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -50,6 +52,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from multiprocessing.synchronize import Event
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +218,7 @@ def raw_forward(
     # and on a CPU attention keys are padded to a multiple of 16.
     model = inference_model(encoder, precision, device)
     if compile:  # as the engine does (the warm-up call below compiles)
-        model = compile_for_inference(model, device)
+        model, _ = compile_for_inference(model, device, plan.batch)
 
     def run() -> None:
         with torch.inference_mode(), autocast(device, precision):
@@ -277,6 +280,7 @@ def end_to_end(
     files: list[Path],
     compile: bool,
     processes: int = 1,
+    in_flight: int | None = None,
 ) -> float:
     """Images/s of read + decode + preprocess + engine + heads over the written studies.
 
@@ -287,9 +291,10 @@ def end_to_end(
     studies = collect_studies(files).studies
     wanted = (plan.e2e_images + 1) // 2
     warm, timed_studies = studies[:1], studies[1 : 1 + wanted]
-    # Two batches' worth of images in flight (two radiographs per study): one batch is encoded
-    # while the studies of the next are read and prepared, as in a worker with a queue.
-    concurrent = max(2, plan.batch // processes)
+    # By default two batches' worth of images in flight over all processes (two radiographs
+    # per study): one batch is encoded while the studies of the next are read and prepared, as
+    # in a worker with a queue. A prefork worker's child has one job in flight (--in-flight 1).
+    concurrent = in_flight or max(2, plan.batch // processes)
     images = sum(len(s.paths) for s in timed_studies)
     if processes == 1:
         elapsed, mean_batch = _analyse_timed(
@@ -312,15 +317,19 @@ def _analyser(
     bundle_dir: Path, device: torch.device, precision: Precision, batch: int, compile: bool,
     warm: Sequence[StudyFiles],
 ) -> StudyAnalyser:
-    """A warmed analyser: every batch bucket compiled and one study analysed, as a worker
-    is before its first job."""
+    """A warm analyser, as a worker is before its first job: compiled (every batch bucket on a
+    CPU, the one graph elsewhere) when ``compile``, and one study analysed."""
     bundle = load_bundle(bundle_dir, device=device)
     analyser = StudyAnalyser(
         bundle, max_batch=batch, max_wait_ms=20, precision=precision, compile=compile
     )
-    if compile:
-        analyser.engine.warmup()
-    analyse_studies(analyser, warm, concurrent_studies=1)
+    try:
+        if compile:
+            analyser.engine.warmup()
+        analyse_studies(analyser, warm, concurrent_studies=1)
+    except BaseException:
+        analyser.close()
+        raise
     return analyser
 
 
@@ -338,12 +347,13 @@ def _analyse_timed(
 def _process_share(
     bundle_dir: Path, device: str, precision: Precision, batch: int, compile: bool,
     warm: Sequence[StudyFiles], studies: Sequence[StudyFiles], concurrent: int, threads: int,
-    ready: Any, results: Any,
+    ready: multiprocessing.Queue, go: Event, results: multiprocessing.Queue,
 ) -> None:
     """One process of a multi-process run: warm up, wait for the others, analyse its share."""
     torch.set_num_threads(threads)
     with _analyser(bundle_dir, torch.device(device), precision, batch, compile, warm) as analyser:
-        ready.wait()
+        ready.put(os.getpid())
+        go.wait()
         analyse_studies(analyser, studies, concurrent_studies=concurrent)
         results.put(analyser.engine.stats().mean_batch)
 
@@ -354,27 +364,53 @@ def _analyse_in_processes(
 ) -> tuple[float, list[float]]:
     """Wall time from the moment every process is warm until the last one is done."""
     context = multiprocessing.get_context("spawn")  # no fork after torch started threads
-    ready, results = context.Barrier(processes + 1), context.Queue()
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)
     workers = [
         context.Process(
             target=_process_share,
             args=(bundle_dir, str(device), precision, batch, compile, warm,
-                  studies[index::processes], concurrent, threads, ready, results),
+                  studies[index::processes], concurrent, threads, ready, go, results),
+            daemon=True,
         )
         for index in range(processes)
     ]
     for worker in workers:
         worker.start()
-    ready.wait(timeout=900)
-    start = time.perf_counter()
-    mean_batches = [results.get(timeout=900) for _ in workers]
-    elapsed = time.perf_counter() - start
-    for worker in workers:
-        worker.join()
-        if worker.exitcode:
-            raise RuntimeError(f"an end-to-end process exited with {worker.exitcode}")
+    try:
+        _gather(ready, workers, "warming up")
+        go.set()
+        start = time.perf_counter()
+        mean_batches = _gather(results, workers, "analysing")
+        elapsed = time.perf_counter() - start
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.terminate()
     return elapsed, mean_batches
+
+
+def _gather(
+    source: multiprocessing.Queue, workers: Sequence[multiprocessing.process.BaseProcess],
+    stage: str, timeout_s: float = 900.0,
+) -> list[Any]:
+    """One message from each worker; a worker that dies or a stage that outlasts
+    ``timeout_s`` ends the run at once instead of leaving the others waiting."""
+    received: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(received) < len(workers):
+        try:
+            received.append(source.get(timeout=1.0))
+        except queue.Empty:
+            failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(
+                    f"an end-to-end process failed while {stage} (exit code {failed[0]})"
+                ) from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"end-to-end processes still {stage} after {timeout_s:.0f} s")
+    return received
 
 
 def describe_device(device: torch.device) -> str:
@@ -404,9 +440,16 @@ def main() -> None:
         help="end to end in this many processes, each with its own engine on the device "
         "(several worker processes on one host; default 1)",
     )
+    parser.add_argument(
+        "--in-flight", type=int, default=None,
+        help="studies in flight per process (default: two batches' worth over all processes; "
+        "1 is a prefork worker's child, which runs one job at a time)",
+    )
     args = parser.parse_args()
     if args.processes < 1:
         parser.error("--processes must be at least 1")
+    if args.in_flight is not None and args.in_flight < 1:
+        parser.error("--in-flight must be at least 1")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
@@ -455,7 +498,8 @@ def main() -> None:
                     f"{raw.peak_low:,.0f}-{raw.peak_high:,.0f} GFLOP/s"
                 )
                 e2e = end_to_end(
-                    bundle_dir, device, precision, plan, files, args.compile, args.processes
+                    bundle_dir, device, precision, plan, files, args.compile, args.processes,
+                    args.in_flight,
                 )
                 rows.append((label, precision, plan.batch, flops, raw, e2e))
             del encoder

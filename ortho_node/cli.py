@@ -149,7 +149,11 @@ def worker(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ortho_node.pipeline.celery_app import NodeCelery
 
-    settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url, broker_url=broker_url))
+    overrides = _cli_overrides(var_dir=var_dir, database_url=database_url, broker_url=broker_url)
+    chosen = {k: v for k, v in {"concurrency": concurrency, "pool": pool}.items() if v is not None}
+    if chosen:  # into the settings: the pool's children read them (their share of the cores)
+        overrides["worker"] = chosen
+    settings = _settings(**overrides)
     configure_logging(settings.log_level)
     celery = NodeCelery(settings)
     quiet = ["--quiet"] if settings.log_level in ("WARNING", "ERROR") else []  # no banner when quiet
@@ -162,8 +166,8 @@ def worker(
             *quiet,
             "worker",
             f"--loglevel={settings.log_level}",
-            f"--concurrency={concurrency or settings.worker.concurrency}",
-            f"--pool={pool or settings.worker.pool}",
+            f"--concurrency={settings.worker.concurrency}",
+            f"--pool={settings.worker.pool}",
             "--queues=ortho",
             "--without-gossip",
             "--without-mingle",

@@ -145,8 +145,11 @@ def test_cuda_engine_matches_cpu() -> None:
     ):
         with InferenceEngine(cuda_bundle, precision=precision, compile=compile) as engine:
             output = engine.encode(batch)
+            graphs = counters["stats"]["unique_graphs"]
             lone = engine.encode(batch[:1])
-            assert engine.batch_buckets == (), "compiled on a GPU: one graph, no buckets"
+            engine.encode(batch[:3].cuda())  # already on the device
+            assert counters["stats"]["unique_graphs"] == graphs, "one graph for every batch size"
+            assert engine.batch_buckets == ()
         assert output.patches.device.type == "cuda"
         assert torch.allclose(output.patches.cpu(), reference.patches, atol=tolerance)
         assert torch.allclose(lone.patches.cpu(), reference.patches[:1], atol=tolerance)
@@ -157,10 +160,8 @@ def test_compiled_for_any_batch_size_is_one_graph_and_runs_a_lone_image(bundle: 
     # (inductor's code generation is the CPU test's and the CUDA test's business).
     counter = CompileCounter()
     compiled = compile_any_batch(bundle.encoder, backend=counter)
+    batch = images(5, seed=6)  # not an inference tensor, unlike the padded lone image
     with torch.inference_mode():
-        # Inputs made in inference mode, as the GPU engine's (copied to the device there):
-        # dynamo guards on the dispatch keys, which differ for inference tensors.
-        batch = images(5, seed=6).clone()
         eager = bundle.encoder(batch)
         outputs = {size: compiled(batch[:size]) for size in (5, 3, 2, 1, 4)}
     assert counter.frame_count == 1, "one graph for every batch size, a lone image included"

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ortho_node.db.models import JobState
+import pytest
+from sqlalchemy import select
+
+from ortho_node.config import Settings
+from ortho_node.db.engine import Database
+from ortho_node.db.models import Job, JobState, Study
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
+from ortho_node.pipeline.celery_app import NodeCelery
+from ortho_node.pipeline.context import WorkerContext
+from ortho_node.pipeline.jobs import ClaimedJob
+from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
+from ortho_node.store import InstanceStore
 from tests.support.peers import storescu
 
 
@@ -38,12 +48,64 @@ def test_prefork_pool_runs_jobs_in_child_processes_of_the_worker(node_factory, t
     assert _parent_pid(worker) == node.process.pid, "the worker is the one serve started"
 
 
-def test_a_worker_that_cannot_load_its_model_fails_the_job_with_the_reason(node_factory, tmp_path) -> None:
-    node = node_factory(worker={"bundle": str(tmp_path / "no-such-bundle")}).start()
-    study = write_knee_study(tmp_path / "study", seed=50,
-                             xrays=[XrayPhantomSpec(kl_grade=1, side="L", rows=512, columns=512)])
-    sent = storescu(node.port, [f.path for f in study.files])
-    assert sent.returncode == 0, sent.output[-2000:]
-    (job,) = node.wait_for_jobs(lambda js: len(js) == 1 and JobState(js[0].state).is_final)
-    assert job.state == JobState.FAILED.value
-    assert "no-such-bundle" in job.reason, job.reason
+# ------------------------------------------------------------- the task, in process (no broker)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(var_dir=tmp_path / "var")
+
+
+def _queued_job(db: Database) -> int:
+    with db.session() as session:
+        study = Study(study_instance_uid="2.25.1234")
+        session.add(study)
+        session.flush()
+        job = Job(study_id=study.id, routing={"series": []})
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def _job(db: Database, job_id: int) -> Job:
+    with db.session() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id))
+        session.expunge(job)
+        return job
+
+
+def _run_task(settings: Settings, db: Database, job_id: int, build_step) -> str:
+    """The job task run in this process on a worker context whose step ``build_step`` makes."""
+    app = NodeCelery(settings)
+    store = InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir)
+    app._context = WorkerContext(settings=settings, db=db, store=store, build_step=build_step)
+    return app.tasks[PROCESS_STUDY_TASK].apply(args=[job_id]).get()
+
+
+def test_the_model_loads_before_the_job_is_claimed(settings: Settings, db: Database) -> None:
+    job_id = _queued_job(db)
+    seen_while_loading = []
+
+    def build(context: WorkerContext):
+        seen_while_loading.append(_job(db, job_id))
+        return lambda job: {"findings": [], "seen": job.job_id}
+
+    assert _run_task(settings, db, job_id, build) == "done"
+    (loading,) = seen_while_loading
+    assert loading.state == JobState.QUEUED.value and loading.attempts == 0, (
+        "no lease runs while the model loads"
+    )
+    done = _job(db, job_id)
+    assert done.state == JobState.DONE.value and done.attempts == 1 and done.summary["seen"] == job_id
+
+
+def test_a_model_that_fails_to_load_fails_the_claimed_job_once(settings: Settings, db: Database) -> None:
+    job_id = _queued_job(db)
+
+    def build(context: WorkerContext):
+        raise RuntimeError("weights unreadable")
+
+    assert _run_task(settings, db, job_id, build) == "failed"
+    failed = _job(db, job_id)
+    assert failed.state == JobState.FAILED.value and failed.attempts == 1
+    assert "weights unreadable" in failed.reason

@@ -194,15 +194,19 @@ def images_to_take(
 
 
 def compile_for_inference(
-    module: Callable[[torch.Tensor], EncoderOutput], device: torch.device
+    module: torch.nn.Module, device: torch.device, max_batch: int
+) -> tuple[Callable[[torch.Tensor], EncoderOutput], tuple[int, ...]]:
+    """``torch.compile`` as the engine uses it for an encoder on ``device``, and the batch
+    sizes the compiled encoder must be given (``()``: any up to ``max_batch``). On a CPU
+    :func:`compile_frozen` with :func:`batch_buckets`; elsewhere :func:`compile_any_batch`."""
+    if device.type == "cpu":
+        return compile_frozen(module, device), batch_buckets(max_batch)
+    return compile_any_batch(module), ()
+
+
+def compile_frozen(
+    module: torch.nn.Module, device: torch.device
 ) -> Callable[[torch.Tensor], EncoderOutput]:
-    """``torch.compile`` as the engine uses it for an encoder on ``device``: on a CPU
-    :func:`compile_frozen` (one graph per batch bucket), elsewhere :func:`compile_any_batch`
-    (one graph for every batch size)."""
-    return compile_frozen(module, device) if device.type == "cpu" else compile_any_batch(module)
-
-
-def compile_frozen(module: torch.nn.Module, device: torch.device) -> Callable[..., Any]:
     """``torch.compile`` with static shapes, one graph per batch bucket
     (:func:`batch_buckets`), and inductor's *freezing*: weights folded in as constants, so
     linear layers become oneDNN kernels with pre-packed weights and their bias and GELU fused.
@@ -226,15 +230,15 @@ def compile_frozen(module: torch.nn.Module, device: torch.device) -> Callable[..
         }
     compiled = torch.compile(module, dynamic=False, options=options)
 
-    def frozen(*args: Any, **kwargs: Any) -> Any:
+    def frozen(images: torch.Tensor) -> EncoderOutput:
         with inductor_config.patch(freezing=True):
-            return compiled(*args, **kwargs)
+            return compiled(images)
 
     return frozen
 
 
 def compile_any_batch(
-    module: Callable[[torch.Tensor], EncoderOutput], *, backend: Any = "inductor"
+    module: torch.nn.Module, *, backend: Any = "inductor"
 ) -> Callable[[torch.Tensor], EncoderOutput]:
     """``torch.compile`` of an encoder with the batch dimension dynamic: one graph serves
     every batch size, so a GPU worker compiles once (ViT-L/16 on an H200: 116 s) instead of
@@ -243,12 +247,16 @@ def compile_any_batch(
     H200 in bf16 this graph ran ViT-L/16 at batch 64 at 2,689 images/s (45 % of the bf16
     matrix-product rate; frozen static shapes 44 %, eager 24 %), ViT-S/16 at batch 256 at
     20,071 (25 %; eager 11 %). ``backend`` is for tests (a compile counter)."""
-    compiled = torch.compile(module, dynamic=None, backend=backend)
+    compiled = torch.compile(module, backend=backend)
 
     def any_batch(images: torch.Tensor) -> EncoderOutput:
         count = images.shape[0]
         if count == 1:
             images = torch.cat([images, torch.zeros_like(images)])
+        elif torch.is_inference_mode_enabled() and not images.is_inference():
+            # Dynamo guards on dispatch keys, which differ for inference tensors: a batch
+            # already on the device (not copied in inference mode) would compile again.
+            images = images.clone()
         torch._dynamo.mark_dynamic(images, 0)
         output = compiled(images)
         if count == 1:
@@ -431,10 +439,10 @@ class InferenceEngine:
         self._max_wait_s = float(max_wait_ms) / 1000.0
         self._precision = resolve_precision(precision, bundle.device)
         model = inference_model(bundle.encoder, self._precision, bundle.device)
-        self._model: Callable[[torch.Tensor], EncoderOutput] = (
-            compile_for_inference(model, bundle.device) if compile else model
-        )
-        self._buckets = batch_buckets(max_batch) if compile and bundle.device.type == "cpu" else ()
+        self._model: Callable[[torch.Tensor], EncoderOutput] = model
+        self._buckets: tuple[int, ...] = ()
+        if compile:
+            self._model, self._buckets = compile_for_inference(model, bundle.device, max_batch)
         self._input_shape = (bundle.encoder.in_chans, *bundle.manifest.input_size)
         self._condition = threading.Condition()
         self._pending: collections.deque[_Request] = collections.deque()

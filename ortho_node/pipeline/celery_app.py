@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import NoReturn
 
 from celery import Celery
-from celery.signals import worker_shutdown
+from celery.signals import worker_process_shutdown, worker_shutdown
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
@@ -67,7 +68,9 @@ class NodeCelery(Celery):
             enable_utc=True,
         )
         register_tasks(self)
+        # worker_shutdown fires in the worker itself, worker_process_shutdown in prefork children.
         worker_shutdown.connect(lambda **_: self.close_worker_context(), weak=False)
+        worker_process_shutdown.connect(lambda **_: self.close_worker_context(), weak=False)
 
     def close_worker_context(self) -> None:
         with self._context_lock:
@@ -92,8 +95,8 @@ def build_analysis_step(context: WorkerContext) -> JobStep:
     if worker.pool == "prefork":
         import torch
 
-        # Each child its share of the cores: all of them each would oversubscribe the host.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // worker.concurrency))
+        # Each child its share of this process's CPUs: all of them each would oversubscribe.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // worker.concurrency))
     analyser = StudyAnalyser.from_bundle_dir(
         worker.bundle or default_bundle_dir(),
         device=worker.device,
@@ -120,7 +123,7 @@ def build_worker_context(settings: Settings) -> WorkerContext:
 
 
 def _raising(exc: Exception) -> JobStep:
-    def step(job: jobs.ClaimedJob) -> dict:
+    def step(job: jobs.ClaimedJob) -> NoReturn:
         raise exc
 
     return step
@@ -139,7 +142,8 @@ def register_tasks(app: NodeCelery) -> None:
         context = self.app.worker_context()
         try:
             # The model loads (and compiles: minutes) before the job is claimed, so that its
-            # lease does not run out meanwhile; a failure to load fails the claimed job below.
+            # lease does not run out meanwhile (a duplicate message, skipped below, may thus
+            # load a model once per process); a failure to load fails the claimed job below.
             step = context.step()
         except Exception as exc:  # noqa: BLE001 - recorded on the job once it is claimed
             step = _raising(exc)
