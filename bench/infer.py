@@ -383,11 +383,12 @@ def _analyse_in_processes(
         start = time.perf_counter()
         mean_batches = _gather(results, workers, "analysing")
         elapsed = time.perf_counter() - start
-    finally:
-        for worker in workers:
-            worker.join(timeout=60)
-            if worker.is_alive():
-                worker.terminate()
+    except BaseException:
+        for worker in workers:  # the others would wait for a start signal that never comes
+            worker.terminate()
+        raise
+    for worker in workers:
+        worker.join()
     return elapsed, mean_batches
 
 

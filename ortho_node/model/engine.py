@@ -200,17 +200,15 @@ def compile_for_inference(
     sizes the compiled encoder must be given (``()``: any up to ``max_batch``). On a CPU
     :func:`compile_frozen` with :func:`batch_buckets`; elsewhere :func:`compile_any_batch`."""
     if device.type == "cpu":
-        return compile_frozen(module, device), batch_buckets(max_batch)
+        return compile_frozen(module), batch_buckets(max_batch)
     return compile_any_batch(module), ()
 
 
-def compile_frozen(
-    module: torch.nn.Module, device: torch.device
-) -> Callable[[torch.Tensor], EncoderOutput]:
-    """``torch.compile`` with static shapes, one graph per batch bucket
+def compile_frozen(module: torch.nn.Module) -> Callable[[torch.Tensor], EncoderOutput]:
+    """``torch.compile`` for a CPU: static shapes, one graph per batch bucket
     (:func:`batch_buckets`), and inductor's *freezing*: weights folded in as constants, so
     linear layers become oneDNN kernels with pre-packed weights and their bias and GELU fused.
-    On a CPU, matrix products are also autotuned between ATen/oneDNN and inductor's C++ GEMM
+    Matrix products are also autotuned between ATen/oneDNN and inductor's C++ GEMM
     template (AMX micro-kernels with fused epilogues), about a third of a minute per shape.
 
     Freezing has to be on while dynamo *traces* (it decides then whether parameters may
@@ -221,13 +219,12 @@ def compile_frozen(
     without real freezing, 39 % frozen and autotuned, 47 % with padded attention keys too;
     ViT-L/16 at batch 16 58 %, 69-71 %. Freezing fails with dynamic shapes in torch 2.14,
     hence the buckets. Call only under ``torch.inference_mode`` (the engine does)."""
-    options: dict[str, Any] = {"freezing": True}
-    if device.type == "cpu":
-        options |= {
-            "max_autotune": True,
-            "max_autotune_gemm_backends": "CPP,ATEN",
-            "autotune_num_choices_displayed": 0,  # no timing tables on stderr in the worker log
-        }
+    options: dict[str, Any] = {
+        "freezing": True,
+        "max_autotune": True,
+        "max_autotune_gemm_backends": "CPP,ATEN",
+        "autotune_num_choices_displayed": 0,  # no timing tables on stderr in the worker log
+    }
     compiled = torch.compile(module, dynamic=False, options=options)
 
     def frozen(images: torch.Tensor) -> EncoderOutput:
