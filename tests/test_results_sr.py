@@ -10,9 +10,11 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from ortho_node.model.findings import ImageRef, Laterality, OutcomeStatus, StudyFindings, TaskOutcome
+from ortho_node.results.library import image_library
 from ortho_node.results import FindingsReport, ResultBuilder, ResultObjects, ResultUIDs, build_result_objects
 from tests.results_support import (
     KL_VALUES,
@@ -167,6 +169,72 @@ def test_observer_library_schemes_equipment_and_disclaimer(xray: Case):
     assert model().disclaimer in texts
     assert "synthetic model" in sr.SeriesDescription
     assert sr.DeviceUID == model().device_uid
+
+
+def _statement(item) -> tuple:
+    """A descriptor as what it states: concept name and value (for comparing, independent of place)."""
+    name = item.ConceptNameCodeSequence[0].CodeValue
+    if item.ValueType == "NUM":
+        return name, float(item.MeasuredValueSequence[0].NumericValue)
+    if item.ValueType == "CODE":
+        return name, item.ConceptCodeSequence[0].CodeValue
+    if item.ValueType == "UIDREF":
+        return name, item.UID
+    return name, item.get("TextValue")
+
+
+def _library_groups(sr) -> list:
+    (library,) = items_named(sr, "111028", "DCM")
+    return list(library.ContentSequence)
+
+
+def test_mri_library_states_shared_descriptors_once_per_series(mri: Case):
+    """One group for the series: what all slices share on the group, each entry only its own position."""
+    root = mri.sr.ContentSequence
+    names = [item.ConceptNameCodeSequence[0].CodeValue for item in root]
+    assert names.index("111028") < names.index("126010")  # TID 1500 row 5 before row 6
+    assert names.index("121058") < names.index("111028")  # after the procedure reported (row 4)
+    (group,) = _library_groups(mri.sr)
+    shared = [_statement(i) for i in group.ContentSequence if i.ValueType != "IMAGE"]
+    entries = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
+    assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == [
+        d.SOPInstanceUID for d in mri.sources
+    ]
+    shared_names = {name for name, _ in shared}
+    dcm = codes.DCM
+    assert {
+        c.value for c in (
+            dcm.Modality, dcm.FrameOfReferenceUID, dcm.PixelDataRows, dcm.PixelDataColumns, dcm.HorizontalPixelSpacing,
+            dcm.VerticalPixelSpacing, dcm.SliceThickness, dcm.ImageOrientationPatientRowX, dcm.ImagePositionPatientY,
+        )
+    } <= shared_names
+    for entry, source in zip(entries, mri.sources, strict=True):
+        own = [_statement(i) for i in entry.ContentSequence]
+        assert [name for name, _ in own] == [codes.DCM.ImagePositionPatientX.value]  # the only one that varies
+        full = [_statement(i) for i in hd.sr.ImageLibraryEntryDescriptors(source)]
+        assert sorted(shared + own) == sorted(full)  # nothing lost, nothing stated twice
+
+
+def test_library_groups_per_series_and_keeps_a_lone_image_whole():
+    su = generate_uid()
+    first, second = make_mr_series(su, n_slices=2), make_mr_series(su, n_slices=2)
+    second[1].SliceThickness = 4.0
+    dx = make_dx(su, laterality="L")
+    library = image_library([first[0], dx, second[0], first[1], second[1]])
+    groups = list(library.ContentSequence)
+    assert len(groups) == 3
+    entry_uids = [[i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in g.ContentSequence if i.ValueType == "IMAGE"]
+                  for g in groups]
+    assert entry_uids == [[first[0].SOPInstanceUID, first[1].SOPInstanceUID], [dx.SOPInstanceUID],
+                          [second[0].SOPInstanceUID, second[1].SOPInstanceUID]]
+    lone = groups[1].ContentSequence
+    assert [i.ValueType for i in lone] == ["IMAGE"]  # one image: its descriptors stay on its entry
+    assert sorted(_statement(i) for i in lone[0].ContentSequence) == sorted(
+        _statement(i) for i in hd.sr.ImageLibraryEntryDescriptors(dx)
+    )
+    differing = [i for i in groups[2].ContentSequence if i.ValueType == "IMAGE"]
+    for entry, thickness in zip(differing, (3.0, 4.0), strict=True):
+        assert (codes.DCM.SliceThickness.value, thickness) in [_statement(i) for i in entry.ContentSequence]  # not shared: per entry
 
 
 def test_mri_roi_on_key_slice_num_from_all_slices_and_failed_task(mri: Case):

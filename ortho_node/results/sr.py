@@ -6,7 +6,8 @@ Content tree (PS3.16 templates):
   - TID 1001/1002/1004 observation context: a *device* observer (the model: device UID, name,
     manufacturer, model name with version);
   - procedure reported (CID 100) from the modalities evaluated;
-  - TID 1600 Image Library of the evaluated images;
+  - TID 1600 Image Library of the evaluated images, one group per series with the descriptors the
+    series shares on the group (see :mod:`ortho_node.results.library`);
   - Imaging Measurements: one group per finding (task and side):
     TID 1410 Planar ROI group with a POLYLINE Image Region over the heatmap region on the key
     image when the finding has a heatmap, else a TID 1501 image-level group. Each group carries
@@ -49,6 +50,7 @@ from ortho_node.results._common import (
     series_description,
     texts_of,
 )
+from ortho_node.results.library import image_library
 from ortho_node.results.uids import PredecessorRef, ResultKind, ResultUIDs
 
 _PROJECTION = ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
@@ -354,8 +356,8 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
             observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(model)),
             procedure_reported=[p.value for p in oc.ProcedureReported.for_modalities(modalities)],
             imaging_measurements=groups,
-            referenced_images=[_library_view(index.dataset(uid)) for uid in images],
         )
+        _insert_before_measurements(report[0], image_library([_library_view(index.dataset(uid)) for uid in images]))
         statements = _document_evaluations(findings)
         if statements is not None:
             report[0].ContentSequence.append(statements)
@@ -453,6 +455,17 @@ def _check_predecessor(
         raise ValueError(
             f"predecessor is this very SR (revision {uids.revision}); a new version needs a higher revision"
         )
+
+
+def _insert_before_measurements(root: hd.sr.ContainerContentItem, item: hd.sr.ContentItem) -> None:
+    """Put ``item`` where TID 1500 row 5 (Image Library) goes: before row 6, Imaging Measurements."""
+    content = root.ContentSequence
+    position = next(
+        i for i, child in enumerate(content)
+        if child.ValueType == "CONTAINER" and hd.sr.CodedConcept.from_dataset(child.ConceptNameCodeSequence[0])
+        == codes.DCM.ImagingMeasurements
+    )
+    content.insert(position, item)
 
 
 def _referenced_images(findings: StudyFindings) -> list[ImageRef]:

@@ -1,0 +1,88 @@
+"""TID 1600 Image Library with the descriptors a series shares stated once, at its group.
+
+highdicom's :class:`~highdicom.sr.ImageLibrary` repeats every TID 1602 descriptor (modality,
+rows, columns, pixel spacing, slice thickness, the six orientation cosines, ...) in every entry:
+~17 content items per MR slice, most of a 30-slice report. TID 1600 row 3 lets an Image Library
+Group carry the descriptors common to all its entries, which is what DCMTK's
+``TID1600_ImageLibrary::moveCommonImageDescriptorsToImageGroups`` (and dcmqi with it) writes:
+one group per series, the shared descriptors on the group, only what differs (here the image
+position) on each entry. A single-image group keeps its descriptors on the entry, as highdicom
+writes it. The descriptors themselves are highdicom's (:class:`~highdicom.sr.ImageLibraryEntryDescriptors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+_SOURCE = hd.sr.CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
+_CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+
+
+def descriptor_key(item: Dataset) -> Hashable:
+    """What makes two descriptor items the same statement: value type, concept name and value.
+
+    Items of a value type the descriptors do not use compare as distinct (never shared).
+    """
+    name = item.ConceptNameCodeSequence[0]
+    value_type = item.ValueType
+    if value_type == "NUM":
+        measured = item.MeasuredValueSequence[0]
+        unit = measured.MeasurementUnitsCodeSequence[0]
+        value: Hashable = (str(measured.NumericValue), unit.CodeValue, unit.CodingSchemeDesignator)
+    elif value_type == "CODE":
+        code = item.ConceptCodeSequence[0]
+        value = (code.CodeValue, code.CodingSchemeDesignator)
+    elif value_type == "TEXT":
+        value = item.TextValue
+    elif value_type == "UIDREF":
+        value = item.UID
+    else:
+        return id(item)
+    return (value_type, name.CodeValue, name.CodingSchemeDesignator, item.RelationshipType, value)
+
+
+def _entry(image: Dataset, descriptors: Sequence[Dataset]) -> hd.sr.ImageContentItem:
+    entry = hd.sr.ImageContentItem(
+        name=_SOURCE,
+        referenced_sop_class_uid=image.SOPClassUID,
+        referenced_sop_instance_uid=image.SOPInstanceUID,
+        relationship_type=_CONTAINS,
+    )
+    if descriptors:
+        entry.ContentSequence = hd.sr.ContentSequence(list(descriptors))
+    return entry
+
+
+def library_group(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """One Image Library Group: shared descriptors first (row 3), then one entry per image (row 4)."""
+    if not images:
+        raise ValueError("an Image Library Group needs at least one image")
+    described = [(image, list(hd.sr.ImageLibraryEntryDescriptors(image))) for image in images]
+    shared: set[Hashable] = set()
+    if len(described) > 1:
+        shared = set.intersection(*({descriptor_key(d) for d in items} for _, items in described))
+    group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=_CONTAINS)
+    group.ContentSequence = hd.sr.ContentSequence([d for d in described[0][1] if descriptor_key(d) in shared])
+    for image, items in described:
+        group.ContentSequence.append(_entry(image, [d for d in items if descriptor_key(d) not in shared]))
+    return group
+
+
+def image_library(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library of ``images``, one group per series in order of first appearance.
+
+    ``images`` need the attributes :class:`~highdicom.sr.ImageLibraryEntryDescriptors` reads
+    (SOP class and instance, Modality, Rows, Columns and the modality's descriptors); no pixel data.
+    """
+    if not images:
+        raise ValueError("an Image Library needs at least one image")
+    series: dict[str, list[Dataset]] = {}
+    for image in images:
+        series.setdefault(str(image.SeriesInstanceUID), []).append(image)
+    library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=_CONTAINS)
+    library.ContentSequence = hd.sr.ContentSequence([library_group(members) for members in series.values()])
+    return library
