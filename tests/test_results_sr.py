@@ -14,7 +14,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from ortho_node.model.findings import ImageRef, Laterality, OutcomeStatus, StudyFindings, TaskOutcome
-from ortho_node.results.library import image_library
+from ortho_node.results.library import descriptor_key, image_library
 from ortho_node.results import FindingsReport, ResultBuilder, ResultObjects, ResultUIDs, build_result_objects
 from tests.results_support import (
     KL_VALUES,
@@ -235,6 +235,19 @@ def test_library_groups_per_series_and_keeps_a_lone_image_whole():
     differing = [i for i in groups[2].ContentSequence if i.ValueType == "IMAGE"]
     for entry, thickness in zip(differing, (3.0, 4.0), strict=True):
         assert (codes.DCM.SliceThickness.value, thickness) in [_statement(i) for i in entry.ContentSequence]  # not shared: per entry
+
+
+def test_descriptors_with_children_of_their_own_are_never_shared():
+    su = generate_uid()
+    image = make_mr_series(su, n_slices=1)[0]
+    plain = list(hd.sr.ImageLibraryEntryDescriptors(image))
+    modified = list(hd.sr.ImageLibraryEntryDescriptors(image))
+    modified[0].ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(name=codes.DCM.Modality, value=codes.cid29.MagneticResonance,
+                              relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
+    ])
+    assert descriptor_key(plain[0]) == descriptor_key(list(hd.sr.ImageLibraryEntryDescriptors(image))[0])
+    assert descriptor_key(modified[0]) != descriptor_key(plain[0])  # a modifier would not be compared
 
 
 def test_mri_roi_on_key_slice_num_from_all_slices_and_failed_task(mri: Case):

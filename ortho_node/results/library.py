@@ -25,8 +25,11 @@ _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 def descriptor_key(item: Dataset) -> Hashable:
     """What makes two descriptor items the same statement: value type, concept name and value.
 
-    Items of a value type the descriptors do not use compare as distinct (never shared).
+    Items of a value type the descriptors do not use, and items with children of their own
+    (a modifier would not take part in the comparison), compare as distinct: never shared.
     """
+    if "ContentSequence" in item:
+        return id(item)
     name = item.ConceptNameCodeSequence[0]
     value_type = item.ValueType
     if value_type == "NUM":
