@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from ortho_node.model.findings import ImageRef, Laterality, OutcomeStatus, StudyFindings, TaskOutcome
 from ortho_node.results.library import descriptor_key, image_library
+from ortho_node.results.sr import _library_view
 from ortho_node.results import FindingsReport, ResultBuilder, ResultObjects, ResultUIDs, build_result_objects
 from tests.results_support import (
     KL_VALUES,
@@ -235,6 +236,23 @@ def test_library_groups_per_series_and_keeps_a_lone_image_whole():
     differing = [i for i in groups[2].ContentSequence if i.ValueType == "IMAGE"]
     for entry, thickness in zip(differing, (3.0, 4.0), strict=True):
         assert (codes.DCM.SliceThickness.value, thickness) in [_statement(i) for i in entry.ContentSequence]  # not shared: per entry
+
+
+def test_slices_that_differ_only_in_position_are_described_as_highdicom_describes_them():
+    """The report's minimal slice headers: positions built per slice, the rest from the first
+    slice unless a slice differs in more (here one slice's thickness), no item in two places."""
+    series = make_mr_series(generate_uid(), n_slices=5)
+    series[3].SliceThickness = 5.0
+    views = [_library_view(d) for d in series]
+    (group,) = image_library(views).ContentSequence
+    shared = [_statement(i) for i in group.ContentSequence if i.ValueType != "IMAGE"]
+    entries = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
+    assert codes.DCM.SliceThickness.value not in {name for name, _ in shared}
+    for entry, view in zip(entries, views, strict=True):
+        own = [_statement(i) for i in entry.ContentSequence]
+        assert sorted(shared + own) == sorted(_statement(i) for i in hd.sr.ImageLibraryEntryDescriptors(view))
+    placed = [id(item) for entry in entries for item in entry.ContentSequence]
+    assert len(placed) == len(set(placed))  # a descriptor reused from the first slice is copied, not shared
 
 
 def test_descriptors_with_children_of_their_own_are_never_shared():
