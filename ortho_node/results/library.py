@@ -85,19 +85,29 @@ def _position_item(name: hd.sr.CodedConcept, value: float) -> hd.sr.NumContentIt
     )
 
 
-def _descriptors(images: Sequence[Dataset]) -> list[list[Dataset]]:
-    """highdicom's descriptors of each image; see the module docstring for the slices that
-    reuse the first image's."""
-    first = list(hd.sr.ImageLibraryEntryDescriptors(images[0]))
+Described = list[tuple[Hashable, Dataset]]  # an image's descriptors with their descriptor_key
+
+
+def _keyed(items: Sequence[Dataset]) -> Described:
+    return [(descriptor_key(item), item) for item in items]
+
+
+def _descriptors(images: Sequence[Dataset]) -> list[Described]:
+    """highdicom's descriptors of each image, keyed; see the module docstring for the slices
+    that reuse the first image's (and their keys)."""
+    first = _keyed(hd.sr.ImageLibraryEntryDescriptors(images[0]))
     position_names = {name.value for name in _POSITION_NAMES}
-    has_positions = sum(1 for item in first if item.ConceptNameCodeSequence[0].CodeValue in position_names) == 3
+    has_positions = sum(1 for _, item in first if item.ConceptNameCodeSequence[0].CodeValue in position_names) == 3
     described = [first]
     for image in images[1:]:
         if not (has_positions and _differs_only_in_position(image, images[0])):
-            described.append(list(hd.sr.ImageLibraryEntryDescriptors(image)))
+            described.append(_keyed(hd.sr.ImageLibraryEntryDescriptors(image)))
             continue
-        own = {name.value: _position_item(name, image.ImagePositionPatient[i]) for i, name in enumerate(_POSITION_NAMES)}
-        described.append([own.get(item.ConceptNameCodeSequence[0].CodeValue, item) for item in first])
+        own = {
+            name.value: _keyed([_position_item(name, image.ImagePositionPatient[i])])[0]
+            for i, name in enumerate(_POSITION_NAMES)
+        }
+        described.append([own.get(item.ConceptNameCodeSequence[0].CodeValue, (key, item)) for key, item in first])
     return described
 
 
@@ -105,17 +115,16 @@ def library_group(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
     """One Image Library Group: shared descriptors first (row 3), then one entry per image (row 4)."""
     if not images:
         raise ValueError("an Image Library Group needs at least one image")
-    described = list(zip(images, _descriptors(images), strict=True))
+    described = _descriptors(images)
     shared: set[Hashable] = set()
     if len(described) > 1:
-        shared = set.intersection(*({descriptor_key(d) for d in items} for _, items in described))
+        shared = set.intersection(*({key for key, _ in items} for items in described))
     group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=_CONTAINS)
-    group.ContentSequence = hd.sr.ContentSequence([d for d in described[0][1] if descriptor_key(d) in shared])
+    group.ContentSequence = hd.sr.ContentSequence([item for key, item in described[0] if key in shared])
     placed: set[int] = set()  # an item reused from the first image goes into the tree once, copies elsewhere
-    for image, items in described:
-        own = [d for d in items if descriptor_key(d) not in shared]
-        own = [copy.deepcopy(d) if id(d) in placed else d for d in own]
-        placed.update(id(d) for d in own)
+    for image, items in zip(images, described, strict=True):
+        own = [copy.deepcopy(item) if id(item) in placed else item for key, item in items if key not in shared]
+        placed.update(id(item) for item in own)
         group.ContentSequence.append(_entry(image, own))
     return group
 
