@@ -184,6 +184,19 @@ def _statement(item) -> tuple:
     return name, item.get("TextValue")
 
 
+def _exact(item) -> tuple:
+    """A descriptor with all it states: value type, relationship, name, value; a NUM's unit and exact value."""
+    base = (item.ValueType, item.RelationshipType, item.ConceptNameCodeSequence[0].CodeValue)
+    if item.ValueType == "NUM":
+        measured = item.MeasuredValueSequence[0]
+        exact = measured.get("FloatingPointValue")
+        return (*base, str(measured.NumericValue), None if exact is None else float(exact),
+                measured.MeasurementUnitsCodeSequence[0].CodeValue)
+    if item.ValueType == "CODE":
+        return (*base, item.ConceptCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodingSchemeDesignator)
+    return (*base, item.get("UID"), item.get("TextValue"))
+
+
 def _library_groups(sr) -> list:
     (library,) = items_named(sr, "111028", "DCM")
     return list(library.ContentSequence)
@@ -196,6 +209,8 @@ def test_mri_library_states_shared_descriptors_once_per_series(mri: Case):
     assert names.index("111028") < names.index("126010")  # TID 1500 row 5 before row 6
     assert names.index("121058") < names.index("111028")  # after the procedure reported (row 4)
     (group,) = _library_groups(mri.sr)
+    kinds = [i.ValueType == "IMAGE" for i in group.ContentSequence]
+    assert kinds == sorted(kinds)  # the shared descriptors (row 3) before the entries (row 4)
     shared = [_statement(i) for i in group.ContentSequence if i.ValueType != "IMAGE"]
     entries = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
     assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == [
@@ -212,8 +227,9 @@ def test_mri_library_states_shared_descriptors_once_per_series(mri: Case):
     for entry, source in zip(entries, mri.sources, strict=True):
         own = [_statement(i) for i in entry.ContentSequence]
         assert [name for name, _ in own] == [codes.DCM.ImagePositionPatientX.value]  # the only one that varies
-        full = [_statement(i) for i in hd.sr.ImageLibraryEntryDescriptors(source)]
-        assert sorted(shared + own) == sorted(full)  # nothing lost, nothing stated twice
+        exact = [_exact(i) for i in group.ContentSequence if i.ValueType != "IMAGE"] + [_exact(i) for i in entry.ContentSequence]
+        full = [_exact(i) for i in hd.sr.ImageLibraryEntryDescriptors(source)]
+        assert sorted(exact) == sorted(full)  # nothing lost, nothing stated twice
 
 
 def test_library_groups_per_series_and_keeps_a_lone_image_whole():
@@ -230,42 +246,72 @@ def test_library_groups_per_series_and_keeps_a_lone_image_whole():
                           [second[0].SOPInstanceUID, second[1].SOPInstanceUID]]
     lone = groups[1].ContentSequence
     assert [i.ValueType for i in lone] == ["IMAGE"]  # one image: its descriptors stay on its entry
-    assert sorted(_statement(i) for i in lone[0].ContentSequence) == sorted(
-        _statement(i) for i in hd.sr.ImageLibraryEntryDescriptors(dx)
+    assert sorted(_exact(i) for i in lone[0].ContentSequence) == sorted(
+        _exact(i) for i in hd.sr.ImageLibraryEntryDescriptors(dx)
     )
     differing = [i for i in groups[2].ContentSequence if i.ValueType == "IMAGE"]
     for entry, thickness in zip(differing, (3.0, 4.0), strict=True):
         assert (codes.DCM.SliceThickness.value, thickness) in [_statement(i) for i in entry.ContentSequence]  # not shared: per entry
 
 
-def test_slices_that_differ_only_in_position_are_described_as_highdicom_describes_them():
+def test_slices_that_differ_only_in_position_are_described_as_highdicom_describes_them(monkeypatch):
     """The report's minimal slice headers: positions built per slice, the rest from the first
     slice unless a slice differs in more (here one slice's thickness), no item in two places."""
     series = make_mr_series(generate_uid(), n_slices=5)
     series[3].SliceThickness = 5.0
     views = [_library_view(d) for d in series]
+    described = []
+    real = hd.sr.ImageLibraryEntryDescriptors
+    monkeypatch.setattr(hd.sr, "ImageLibraryEntryDescriptors", lambda image: described.append(image) or real(image))
     (group,) = image_library(views).ContentSequence
-    shared = [_statement(i) for i in group.ContentSequence if i.ValueType != "IMAGE"]
+    monkeypatch.undo()
+    assert described == [views[0], views[3]]  # the others only differ in position: three items each
+    shared = [_exact(i) for i in group.ContentSequence if i.ValueType != "IMAGE"]
     entries = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
-    assert codes.DCM.SliceThickness.value not in {name for name, _ in shared}
+    assert codes.DCM.SliceThickness.value not in {name for _, _, name, *_ in shared}
     for entry, view in zip(entries, views, strict=True):
-        own = [_statement(i) for i in entry.ContentSequence]
-        assert sorted(shared + own) == sorted(_statement(i) for i in hd.sr.ImageLibraryEntryDescriptors(view))
+        own = [_exact(i) for i in entry.ContentSequence]
+        assert sorted(shared + own) == sorted(_exact(i) for i in hd.sr.ImageLibraryEntryDescriptors(view))
     placed = [id(item) for entry in entries for item in entry.ContentSequence]
     assert len(placed) == len(set(placed))  # a descriptor reused from the first slice is copied, not shared
 
 
-def test_descriptors_with_children_of_their_own_are_never_shared():
-    su = generate_uid()
-    image = make_mr_series(su, n_slices=1)[0]
-    plain = list(hd.sr.ImageLibraryEntryDescriptors(image))
-    modified = list(hd.sr.ImageLibraryEntryDescriptors(image))
-    modified[0].ContentSequence = hd.sr.ContentSequence([
-        hd.sr.CodeContentItem(name=codes.DCM.Modality, value=codes.cid29.MagneticResonance,
-                              relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
-    ])
-    assert descriptor_key(plain[0]) == descriptor_key(list(hd.sr.ImageLibraryEntryDescriptors(image))[0])
-    assert descriptor_key(modified[0]) != descriptor_key(plain[0])  # a modifier would not be compared
+def test_descriptors_with_children_of_their_own_are_never_shared(monkeypatch):
+    """A modifier would not take part in the comparison, so such a descriptor stays on each entry."""
+    real = hd.sr.ImageLibraryEntryDescriptors
+
+    def with_modifier(image):
+        items = real(image)
+        items[0].ContentSequence = hd.sr.ContentSequence([
+            hd.sr.CodeContentItem(name=codes.DCM.Modality, value=codes.cid29.MagneticResonance,
+                                  relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
+        ])
+        return items
+
+    monkeypatch.setattr(hd.sr, "ImageLibraryEntryDescriptors", with_modifier)
+    views = [_library_view(d) for d in make_mr_series(generate_uid(), n_slices=3)]
+    (group,) = image_library(views).ContentSequence
+    on_group = [i.ConceptNameCodeSequence[0].CodeValue for i in group.ContentSequence if i.ValueType != "IMAGE"]
+    assert codes.DCM.Modality.value not in on_group
+    assert codes.DCM.PixelDataRows.value in on_group  # the rest is still shared
+    entries = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
+    modality = [[i for i in e.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Modality.value]
+                for e in entries]
+    assert all(len(found) == 1 and "ContentSequence" in found[0] for found in modality)
+    assert len({id(found[0]) for found in modality}) == len(entries)  # copies, not one item in three places
+
+
+def test_descriptor_key_tells_apart_units_relationships_and_exact_values():
+    def num(value, unit=codes.UCUM.Millimeter, relationship=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT):
+        return hd.sr.NumContentItem(name=codes.DCM.ImageOrientationPatientRowZ, value=value, unit=unit,
+                                    relationship_type=relationship)
+
+    assert descriptor_key(num(1.5)) == descriptor_key(num(1.5))
+    assert descriptor_key(num(1.5)) != descriptor_key(num(1.5, unit=codes.UCUM.Centimeter))
+    assert descriptor_key(num(1.5)) != descriptor_key(num(1.5, relationship=hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+    close, closer = num(6.123233995736766e-17), num(6.123233995736767e-17)
+    assert str(close.MeasuredValueSequence[0].NumericValue) == str(closer.MeasuredValueSequence[0].NumericValue)  # as written
+    assert descriptor_key(close) != descriptor_key(closer)  # the exact value tells them apart
 
 
 def test_mri_roi_on_key_slice_num_from_all_slices_and_failed_task(mri: Case):

@@ -30,30 +30,37 @@ _POSITION_NAMES = (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatie
 _PER_IMAGE = frozenset({"SOPInstanceUID", "ImagePositionPatient"})
 
 
-def descriptor_key(item: Dataset) -> Hashable:
-    """What makes two descriptor items the same statement: value type, concept name and value.
+def _code(code: Dataset) -> tuple[str, str]:
+    value = code.get("CodeValue") or code.get("LongCodeValue") or code.get("URNCodeValue")
+    return str(value), str(code.CodingSchemeDesignator)
 
-    Items of a value type the descriptors do not use, and items with children of their own
-    (a modifier would not take part in the comparison), compare as distinct: never shared.
+
+def descriptor_key(item: Dataset) -> Hashable | None:
+    """What makes two descriptor items the same statement: value type, relationship, concept
+    name and value (a NUM's unit and, where written, its exact floating-point value too).
+
+    ``None`` for an item never to be shared: one with children of its own (a modifier would not
+    take part in the comparison) or of a value type the descriptors do not use.
     """
     if "ContentSequence" in item:
-        return id(item)
-    name = item.ConceptNameCodeSequence[0]
+        return None
     value_type = item.ValueType
     if value_type == "NUM":
         measured = item.MeasuredValueSequence[0]
-        unit = measured.MeasurementUnitsCodeSequence[0]
-        value: Hashable = (str(measured.NumericValue), unit.CodeValue, unit.CodingSchemeDesignator)
+        exact = measured.get("FloatingPointValue")
+        value: Hashable = (
+            str(measured.NumericValue), None if exact is None else float(exact),
+            _code(measured.MeasurementUnitsCodeSequence[0]),
+        )
     elif value_type == "CODE":
-        code = item.ConceptCodeSequence[0]
-        value = (code.CodeValue, code.CodingSchemeDesignator)
+        value = _code(item.ConceptCodeSequence[0])
     elif value_type == "TEXT":
         value = item.TextValue
     elif value_type == "UIDREF":
         value = item.UID
     else:
-        return id(item)
-    return (value_type, name.CodeValue, name.CodingSchemeDesignator, item.RelationshipType, value)
+        return None
+    return (value_type, item.RelationshipType, _code(item.ConceptNameCodeSequence[0]), value)
 
 
 def _entry(image: Dataset, descriptors: Sequence[Dataset]) -> hd.sr.ImageContentItem:
@@ -85,7 +92,7 @@ def _position_item(name: hd.sr.CodedConcept, value: float) -> hd.sr.NumContentIt
     )
 
 
-Described = list[tuple[Hashable, Dataset]]  # an image's descriptors with their descriptor_key
+Described = list[tuple[Hashable | None, Dataset]]  # an image's descriptors with their descriptor_key
 
 
 def _keyed(items: Sequence[Dataset]) -> Described:
@@ -96,18 +103,18 @@ def _descriptors(images: Sequence[Dataset]) -> list[Described]:
     """highdicom's descriptors of each image, keyed; see the module docstring for the slices
     that reuse the first image's (and their keys)."""
     first = _keyed(hd.sr.ImageLibraryEntryDescriptors(images[0]))
-    position_names = {name.value for name in _POSITION_NAMES}
-    has_positions = sum(1 for _, item in first if item.ConceptNameCodeSequence[0].CodeValue in position_names) == 3
+    position_codes = [(name.value, name.scheme_designator) for name in _POSITION_NAMES]
+    has_positions = sum(1 for _, item in first if _code(item.ConceptNameCodeSequence[0]) in position_codes) == 3
     described = [first]
     for image in images[1:]:
         if not (has_positions and _differs_only_in_position(image, images[0])):
             described.append(_keyed(hd.sr.ImageLibraryEntryDescriptors(image)))
             continue
         own = {
-            name.value: _keyed([_position_item(name, image.ImagePositionPatient[i])])[0]
-            for i, name in enumerate(_POSITION_NAMES)
+            code: _keyed([_position_item(name, image.ImagePositionPatient[i])])[0]
+            for i, (code, name) in enumerate(zip(position_codes, _POSITION_NAMES, strict=True))
         }
-        described.append([own.get(item.ConceptNameCodeSequence[0].CodeValue, (key, item)) for key, item in first])
+        described.append([own.get(_code(item.ConceptNameCodeSequence[0]), (key, item)) for key, item in first])
     return described
 
 
@@ -118,7 +125,7 @@ def library_group(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
     described = _descriptors(images)
     shared: set[Hashable] = set()
     if len(described) > 1:
-        shared = set.intersection(*({key for key, _ in items} for items in described))
+        shared = set.intersection(*({key for key, _ in items} for items in described)) - {None}
     group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=_CONTAINS)
     group.ContentSequence = hd.sr.ContentSequence([item for key, item in described[0] if key in shared])
     placed: set[int] = set()  # an item reused from the first image goes into the tree once, copies elsewhere
@@ -139,6 +146,8 @@ def image_library(images: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
         raise ValueError("an Image Library needs at least one image")
     series: dict[str, list[Dataset]] = {}
     for image in images:
+        if not image.get("SeriesInstanceUID"):
+            raise ValueError("every image of an Image Library needs its Series Instance UID (groups are per series)")
         series.setdefault(str(image.SeriesInstanceUID), []).append(image)
     library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=_CONTAINS)
     library.ContentSequence = hd.sr.ContentSequence([library_group(members) for members in series.values()])

@@ -461,10 +461,13 @@ def _insert_before_measurements(root: hd.sr.ContainerContentItem, item: hd.sr.Co
     """Put ``item`` where TID 1500 row 5 (Image Library) goes: before row 6, Imaging Measurements."""
     content = root.ContentSequence
     position = next(
-        i for i, child in enumerate(content)
-        if child.ValueType == "CONTAINER" and hd.sr.CodedConcept.from_dataset(child.ConceptNameCodeSequence[0])
-        == codes.DCM.ImagingMeasurements
+        (i for i, child in enumerate(content)
+         if child.ValueType == "CONTAINER" and hd.sr.CodedConcept.from_dataset(child.ConceptNameCodeSequence[0])
+         == codes.DCM.ImagingMeasurements),
+        None,
     )
+    if position is None:
+        raise ValueError("the report has no Imaging Measurements container to put the Image Library before")
     content.insert(position, item)
 
 
