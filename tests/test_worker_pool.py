@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
-from ortho_node.db.models import Job, JobState, Study
+from ortho_node.db.models import Job, JobState, Study, utcnow
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
 from ortho_node.pipeline.celery_app import NodeCelery
 from ortho_node.pipeline.context import WorkerContext
-from ortho_node.pipeline.jobs import ClaimedJob
+from ortho_node.pipeline.jobs import ClaimedJob, LeaseKeeper, claim
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
 from ortho_node.store import InstanceStore
 from tests.support.peers import storescu
@@ -109,3 +110,27 @@ def test_a_model_that_fails_to_load_fails_the_claimed_job_once(settings: Setting
     failed = _job(db, job_id)
     assert failed.state == JobState.FAILED.value and failed.attempts == 1
     assert "weights unreadable" in failed.reason
+
+
+def test_the_lease_is_renewed_only_when_due(settings: Settings, db: Database) -> None:
+    """A quick job writes no heartbeat after its claim; a slow one does, counted from the last."""
+    job_id = _queued_job(db)
+    assert claim(db, job_id) is not None
+    old = utcnow() - dt.timedelta(hours=1)
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))
+    now = [0.0]
+    lease = LeaseKeeper(db, job_id, interval_s=90.0, clock=lambda: now[0])
+    now[0] = 89.0
+    assert not lease.renew_if_due()
+    assert _job(db, job_id).heartbeat_at == old  # nothing written
+    now[0] = 90.0
+    assert lease.renew_if_due()
+    renewed = _job(db, job_id).heartbeat_at
+    assert renewed - old > dt.timedelta(minutes=59)
+    now[0] = 179.0
+    assert not lease.renew_if_due()  # 89 s after the renewal
+    now[0] = 180.0
+    assert lease.renew_if_due()
+    with pytest.raises(ValueError):
+        LeaseKeeper(db, job_id, interval_s=0)

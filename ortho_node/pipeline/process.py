@@ -21,7 +21,7 @@ from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.model.findings import StudyFindings
 from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
-from ortho_node.pipeline.jobs import ClaimedJob, JobInstance, heartbeat
+from ortho_node.pipeline.jobs import ClaimedJob, JobInstance, LeaseKeeper
 from ortho_node.pipeline.results_record import previous_report, record_results
 from ortho_node.privacy import uid_ref
 from ortho_node.results import ResultBuilder, ResultObject
@@ -114,13 +114,14 @@ class AnalyseStudyStep:
         if not job.instances:
             raise PermanentJobError("the job has no analysable instance left to process")
         clock = _Stopwatch()
+        lease = LeaseKeeper.for_lease(self._db, job.job_id, self._settings.worker.job_lease_s)
         datasets = read_instances(self._store, job.instances)
         clock.lap("read")
         forward_before = self._forward_seconds()
         findings = self._analyser.analyse(datasets, study_instance_uid=job.study_instance_uid)
         clock.lap("analyse")
         clock.laps["model_forward"] = self._forward_seconds() - forward_before
-        heartbeat(self._db, job.job_id)
+        lease.renew_if_due()  # a long analysis must not make the job look abandoned
         previous = previous_report(self._db, job.study_id, job.study_instance_uid, exclude_job_id=job.job_id)
         revision = previous.revision + 1 if previous else 0
         builder = ResultBuilder(
@@ -140,7 +141,7 @@ class AnalyseStudyStep:
             except Exception:  # noqa: BLE001 - the SR is recorded; the outbox delivers it later
                 log.exception("job %d: first delivery of the SR failed; the outbox will retry it", job.job_id)
             clock.lap("deliver_report")
-            heartbeat(self._db, job.job_id)  # a slow PACS must not make the job look abandoned
+            lease.renew_if_due()  # nor a slow PACS
         attachments = builder.attachments(report)
         clock.lap("build_attachments")
         self._record(job, revision, attachments)
