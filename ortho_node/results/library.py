@@ -24,9 +24,11 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+# highdicom's own entry name (its ImageLibrary writes "Source", pydicom's codes.SCT.Source means "Source (attribute)").
 _SOURCE = hd.sr.CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 _POSITION_NAMES = (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatientY, codes.DCM.ImagePositionPatientZ)
+_POSITION_CODES = tuple((name.value, name.scheme_designator) for name in _POSITION_NAMES)
 _PER_IMAGE = frozenset({"SOPInstanceUID", "ImagePositionPatient"})
 
 
@@ -103,18 +105,16 @@ def _descriptors(images: Sequence[Dataset]) -> list[Described]:
     """highdicom's descriptors of each image, keyed; see the module docstring for the slices
     that reuse the first image's (and their keys)."""
     first = _keyed(hd.sr.ImageLibraryEntryDescriptors(images[0]))
-    position_codes = [(name.value, name.scheme_designator) for name in _POSITION_NAMES]
-    has_positions = sum(1 for _, item in first if _code(item.ConceptNameCodeSequence[0]) in position_codes) == 3
+    names = [_code(item.ConceptNameCodeSequence[0]) for _, item in first]
+    position_at = {names.index(code): axis for axis, code in enumerate(_POSITION_CODES) if code in names}
     described = [first]
     for image in images[1:]:
-        if not (has_positions and _differs_only_in_position(image, images[0])):
+        if len(position_at) == 3 and _differs_only_in_position(image, images[0]):
+            position = image.ImagePositionPatient
+            own = {i: _position_item(_POSITION_NAMES[axis], position[axis]) for i, axis in position_at.items()}
+            described.append([(descriptor_key(own[i]), own[i]) if i in own else pair for i, pair in enumerate(first)])
+        else:
             described.append(_keyed(hd.sr.ImageLibraryEntryDescriptors(image)))
-            continue
-        own = {
-            code: _keyed([_position_item(name, image.ImagePositionPatient[i])])[0]
-            for i, (code, name) in enumerate(zip(position_codes, _POSITION_NAMES, strict=True))
-        }
-        described.append([own.get(_code(item.ConceptNameCodeSequence[0]), (key, item)) for key, item in first])
     return described
 
 
