@@ -31,6 +31,8 @@ Usage::
     bench/infer --compile             # torch.compile the encoder, as worker.compile: true does
     bench/infer --device cuda --processes 8   # end to end in 8 worker processes sharing the GPU
     bench/infer --device cuda --processes 8 --in-flight 1   # ... as a prefork pool's children
+    bench/infer --device cuda --models vits --precisions bf16 --profile 48
+        # where one process's CPU time goes: 48 studies one at a time under cProfile
 
 End to end runs in one process by default. Preparation is Python under one interpreter lock per
 process, so on a GPU host one process prepares about 90 radiographs/s however many cores it
@@ -71,7 +73,12 @@ from ortho_node.model.engine import (  # noqa: E402
     native_bf16,
 )
 from ortho_node.model.heads import create_head  # noqa: E402
-from ortho_node.model.infer import StudyFiles, analyse_studies, collect_studies  # noqa: E402
+from ortho_node.model.infer import (  # noqa: E402
+    StudyFiles,
+    analyse_studies,
+    collect_studies,
+    read_study,
+)
 from ortho_node.model.study import StudyAnalyser  # noqa: E402
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study  # noqa: E402
 
@@ -414,6 +421,39 @@ def _gather(
     return received
 
 
+def profile_end_to_end(
+    bundle_dir: Path, device: torch.device, precision: Precision, plan: Plan,
+    files: list[Path], count: int,
+) -> None:
+    """Where one process spends its time end to end: ``count`` studies analysed one after
+    the other in this thread under cProfile (the engine's forward runs in its own thread, so
+    it shows here as the wait for its result). Prints the wall time per image, the engine's
+    forward time, and the functions with the most time of their own and in all."""
+    import cProfile
+    import pstats
+
+    studies = collect_studies(files).studies
+    warm, chosen = studies[:1], studies[1 : 1 + count]
+    images = sum(len(s.paths) for s in chosen)
+    with _analyser(bundle_dir, device, precision, plan.batch, False, warm) as analyser:
+        before = analyser.engine.stats().forward_seconds
+        profiler = cProfile.Profile()
+        start = time.perf_counter()
+        profiler.enable()
+        for study in chosen:
+            analyser.analyse(read_study(study), study_instance_uid=study.study_instance_uid)
+        profiler.disable()
+        elapsed = time.perf_counter() - start
+        forward = analyser.engine.stats().forward_seconds - before
+    print(
+        f"    profile: {images} images one study at a time, {elapsed / images * 1e3:.2f} ms "
+        f"per image under cProfile, of which the engine's forward {forward / images * 1e3:.2f} ms"
+    )
+    stats = pstats.Stats(profiler)
+    for order in ("tottime", "cumulative"):
+        stats.sort_stats(order).print_stats(30)
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
@@ -446,6 +486,11 @@ def main() -> None:
         help="studies in flight per process (default: two batches' worth over all processes; "
         "1 is a prefork worker's child, which runs one job at a time)",
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="STUDIES",
+        help="instead of raw and end-to-end figures, analyse this many studies one at a time "
+        "under cProfile and print where the time goes",
+    )
     args = parser.parse_args()
     if args.processes < 1:
         parser.error("--processes must be at least 1")
@@ -475,6 +520,8 @@ def main() -> None:
         most = max(
             plan_for(device, m, p, args.quick).e2e_images + 2 for m in models for p in precisions
         )
+        if args.profile:
+            most = 2 * (args.profile + 1)
         print(f"writing {most} knee radiographs (1024 x 1024 DX) ...")
         files = write_radiographs(work / "dicom", most)
         for model in models:
@@ -489,6 +536,9 @@ def main() -> None:
                     # a worker compiles one model, this benchmark several: start afresh each time.
                     torch._dynamo.reset()
                 plan = plan_for(device, model, precision, args.quick)
+                if args.profile:
+                    profile_end_to_end(bundle_dir, device, precision, plan, files, args.profile)
+                    continue
                 print(
                     f"  {label} {precision.value}: batch {plan.batch}, "
                     f"{plan.iterations} timed iterations"

@@ -178,7 +178,7 @@ def evaluate_bundle_on_studies(
     def encode(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             out = bundle.encoder(images.to(bundle.device))
-            return image_features(out.cls, out.patches)
+            return image_features(out.cls, out.patches).cpu()  # the heads live on the CPU
 
     for study in studies:
         radiographs = [ds for ds in study.datasets if ds.Modality != "MR"]

@@ -379,7 +379,9 @@ def import_checkpoint(
 
 @dataclass(frozen=True, eq=False)
 class LoadedBundle:
-    """A bundle in memory, on its device, in eval mode with frozen parameters."""
+    """A bundle in memory, in eval mode with frozen parameters: the encoder on ``device``, the
+    task heads in host memory (they run on the encoder's features there, see
+    :mod:`ortho_node.model.engine`)."""
 
     path: Path
     manifest: BundleManifest
@@ -500,8 +502,9 @@ def load_bundle(bundle_dir: str | Path, *, device: str | torch.device = "cpu") -
         head = TaskHead(entry.spec, embed_dim=manifest.embed_dim)
         head.load_state_dict(_sub_state(tensors, f"{_HEADS_PREFIX}{entry.spec.name}."), strict=True)
         heads[entry.spec.name] = head
-    for module in (encoder, *heads.values()):
-        module.to(target).eval().requires_grad_(False)
+    encoder.to(target).eval().requires_grad_(False)
+    for head in heads.values():
+        head.eval().requires_grad_(False)  # stays on the CPU (LoadedBundle)
     return LoadedBundle(
         path=bundle_dir,
         manifest=manifest,
@@ -559,7 +562,7 @@ def _dummy_forward(bundle: LoadedBundle) -> str:
         out = bundle.encoder(images)
         if not bool(torch.isfinite(out.cls).all() and torch.isfinite(out.patches).all()):
             raise BundleError("the encoder produced non-finite features on a blank image")
-        features = image_features(out.cls, out.patches)
+        features = image_features(out.cls, out.patches).cpu()
         for name, head in bundle.heads.items():
             # MR heads see the two images as one slice set; X-ray heads as two images.
             if head.spec.pooling:

@@ -10,8 +10,11 @@ at most ``max_wait_ms`` after the oldest waiting request (less when a caller say
 than ``max_batch`` (an MR series) is spread over consecutive batches.
 
 Each request's future receives an :class:`~ortho_node.model.encoder.EncoderOutput` with its
-own images only: CLS and patch tokens as float32 on the engine's device, as ordinary tensors
-(not inference tensors), so task heads and gradient explanations run on them per job.
+own images only: CLS and patch tokens as float32 in host memory, as ordinary tensors (not
+inference tensors), so task heads and gradient explanations run on them per job. On a GPU the
+features are copied to the host once per batch: the heads (one norm and one linear layer) and
+their explanations run on the CPU, so a job's thread never waits for the device, whose queue
+holds the next batch's forward, and a GPU process touches the device only in the engine.
 
 Failures stay with their request:
 
@@ -727,7 +730,12 @@ class InferenceEngine:
                 cls_parts.append(output.cls[: stop - start].float())
                 patch_parts.append(output.patches[: stop - start].float())
                 grid = output.grid
-        return EncoderOutput(cls=_joined(cls_parts), patches=_joined(patch_parts), grid=grid)
+        cls, patches = _joined(cls_parts), _joined(patch_parts)
+        if cls.device.type != "cpu":
+            # One copy per batch into pinned host memory, then wait for it (module docstring).
+            cls, patches = cls.to("cpu", non_blocking=True), patches.to("cpu", non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+        return EncoderOutput(cls=cls, patches=patches, grid=grid)
 
     def _deliver(
         self, segment: _Segment, cls: torch.Tensor, patches: torch.Tensor, grid: tuple[int, int]
