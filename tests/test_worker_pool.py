@@ -83,6 +83,19 @@ def _run_task(settings: Settings, db: Database, job_id: int, build_step) -> str:
     return app.tasks[PROCESS_STUDY_TASK].apply(args=[job_id]).get()
 
 
+def test_each_app_keeps_its_own_tasks(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    # Two apps in one process (the tests, `ortho-node demo`): each task closes over its own
+    # app's settings. Shared tasks would be registered into every later app as well, clashing
+    # by name with that app's own.
+    first = NodeCelery(Settings(var_dir=tmp_path / "a", worker={"max_attempts": 2}))
+    second = NodeCelery(Settings(var_dir=tmp_path / "b", worker={"max_attempts": 5}))
+    assert first.tasks[PROCESS_STUDY_TASK].max_retries == 1
+    assert second.tasks[PROCESS_STUDY_TASK].max_retries == 4
+    assert first.tasks[PROCESS_STUDY_TASK] is not second.tasks[PROCESS_STUDY_TASK]
+    clashes = [w for w in recwarn if "already registered" in str(w.message)]
+    assert not clashes, [str(w.message) for w in clashes]
+
+
 def test_the_model_loads_before_the_job_is_claimed(settings: Settings, db: Database) -> None:
     job_id = _queued_job(db)
     seen_while_loading = []

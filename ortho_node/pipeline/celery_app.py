@@ -135,8 +135,14 @@ def _backoff_s(retries: int) -> float:
 
 def register_tasks(app: NodeCelery) -> None:
     max_attempts = app.settings.worker.max_attempts
+    # shared=False: each app's tasks close over that app's settings; shared tasks would be
+    # added to every app created later, clashing by name with its own (a second app in one
+    # process: tests, `ortho-node demo`).
 
-    @app.task(name=PROCESS_STUDY_TASK, bind=True, acks_late=True, max_retries=max_attempts - 1)
+    @app.task(
+        name=PROCESS_STUDY_TASK, bind=True, acks_late=True, max_retries=max_attempts - 1,
+        shared=False,
+    )
     def process_study(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
         """Run one job: claim it, process it, record done/failed. Returns the outcome."""
         context = self.app.worker_context()
@@ -172,7 +178,7 @@ def register_tasks(app: NodeCelery) -> None:
         run_deliveries(context.db, context.settings, pending_for_job(context.db, job_id))
         return "done"
 
-    @app.task(name=DELIVER_TASK, bind=True, acks_late=True)
+    @app.task(name=DELIVER_TASK, bind=True, acks_late=True, shared=False)
     def deliver(self, delivery_ids: list[int]) -> dict:  # type: ignore[no-untyped-def]
         """Send a batch of result objects to one destination; outcomes are recorded per row."""
         context = self.app.worker_context()
