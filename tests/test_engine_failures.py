@@ -101,3 +101,24 @@ def test_constructor_checks_its_arguments(bundle: LoadedBundle) -> None:
         InferenceEngine(bundle, max_wait_ms="20")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fp16"):
         InferenceEngine(bundle, precision="fp16")
+
+
+def test_a_fault_in_the_batching_thread_fails_every_request_and_closes_the_engine(
+    bundle: LoadedBundle,
+) -> None:
+    # A bug outside the forward pass (here: delivering the answers) ends the batching thread;
+    # no caller may be left waiting for a future nobody will resolve.
+    engine = InferenceEngine(bundle, max_batch=2, max_wait_ms=0, precision="fp32")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    engine._deliver = broken  # type: ignore[method-assign]
+    futures = [engine.submit(image(seed)) for seed in range(5)]
+    for future in futures:
+        with pytest.raises(EncodingError, match="engine stopped: RuntimeError"):
+            future.result(timeout=30)
+    assert engine.closed
+    with pytest.raises(EngineClosedError):
+        engine.submit(image(9))
+    engine.close()

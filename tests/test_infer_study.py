@@ -4,6 +4,8 @@ findings on a key slice, laterality, view handling, failures, and the results st
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -177,6 +179,27 @@ def test_the_last_study_in_flight_does_not_wait_for_company() -> None:
         findings = analyse(lonely, list(xray_study(seed=12).datasets))
     assert findings.not_evaluated == ()
     assert {f.task for f in findings.findings} == {"kl_grade", "oa_present"}
+
+
+def test_the_encoder_time_limit_holds_for_the_whole_study() -> None:
+    # A stalled encoder: a study of four radiographs fails after one time limit, not four.
+    released = threading.Event()
+    with StudyAnalyser.from_bundle_dir(
+        fixture_bundle_dir(), max_wait_ms=0, encode_timeout_s=1.0
+    ) as stalled:
+        forward = stalled.engine._forward
+        stalled.engine._forward = lambda images: (released.wait(30), forward(images))[1]
+        study = build_knee_study(seed=19, xrays=[small_xray(2, s) for s in ("L", "L", "R", "R")])
+        started = time.monotonic()
+        try:
+            findings = analyse(stalled, list(study.datasets))
+        finally:
+            released.set()
+        elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 2.5, elapsed
+    assert findings.findings == ()
+    assert {o.status for o in findings.not_evaluated} == {OutcomeStatus.FAILED}
+    assert all("time limit" in o.reason for o in findings.not_evaluated)
 
 
 def test_analyse_checks_its_input(analyser: StudyAnalyser) -> None:

@@ -637,19 +637,40 @@ class InferenceEngine:
             raise TypeError(f"images must be floating point, got {batch.dtype}")
         if not bool(torch.isfinite(batch).all()):
             raise ValueError("images contain NaN or infinite values")
-        batch = batch.detach().to(dtype=torch.float32).contiguous()
-        if self.device.type == "cuda" and batch.device.type == "cpu":
+        # Every request in host memory: requests from anywhere batch together (one already
+        # on the device comes back once, a rare case), and the batch goes over in one copy.
+        batch = batch.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        if self.device.type == "cuda":
             batch = batch.pin_memory()  # lets the copy to the GPU overlap
         return batch
 
     # ------------------------------------------------------------------ the batching thread
 
     def _serve(self) -> None:
-        while True:
-            segments = self._next_batch()
-            if segments is None:
-                return
-            self._run(segments)
+        segments: list[_Segment] | None = []
+        try:
+            while True:
+                segments = self._next_batch()
+                if segments is None:
+                    return
+                self._run(segments)
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not leave callers waiting
+            log.exception("inference engine stopped by an unexpected error")
+            self._abandon(segments, exc)
+
+    def _abandon(self, segments: list[_Segment] | None, cause: BaseException) -> None:
+        """Close the engine and fail every request it holds: the current batch's and the
+        queued ones (the thread is about to end; nothing would ever resolve them)."""
+        with self._condition:
+            self._closing = True
+            requests = [segment.request for segment in segments or ()] + list(self._pending)
+            self._pending.clear()
+            self._pending_images = 0
+        error = EncodingError(f"the inference engine stopped: {type(cause).__name__}")
+        error.__cause__ = cause
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error)
 
     def _next_batch(self) -> list[_Segment] | None:
         with self._condition:
@@ -691,9 +712,9 @@ class InferenceEngine:
         live = [s for s in segments if not s.request.future.done()]
         if not live:
             return
-        images = live[0].images if len(live) == 1 else torch.cat([s.images for s in live])
         started = time.perf_counter()
         try:
+            images = live[0].images if len(live) == 1 else torch.cat([s.images for s in live])
             output = self._forward(images)
         except Exception as exc:  # noqa: BLE001 - the batching thread's boundary: never dies
             if len(live) > 1:
@@ -731,10 +752,14 @@ class InferenceEngine:
                 patch_parts.append(output.patches[: stop - start].float())
                 grid = output.grid
         cls, patches = _joined(cls_parts), _joined(patch_parts)
-        if cls.device.type != "cpu":
-            # One copy per batch into pinned host memory, then wait for it (module docstring).
+        if cls.device.type == "cuda":
+            # One copy per batch into pinned host memory, then wait for it (module docstring):
+            # the copy runs on the current stream of the device the features are on.
+            source = cls.device
             cls, patches = cls.to("cpu", non_blocking=True), patches.to("cpu", non_blocking=True)
-            torch.cuda.current_stream(self.device).synchronize()
+            torch.cuda.current_stream(source).synchronize()
+        elif cls.device.type != "cpu":
+            cls, patches = cls.cpu(), patches.cpu()
         return EncoderOutput(cls=cls, patches=patches, grid=grid)
 
     def _deliver(

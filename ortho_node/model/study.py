@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -463,9 +464,15 @@ class StudyAnalyser:
                 self._engine.flush()
 
     def _collect(self, inputs: Sequence[ModelInput]) -> None:
-        """Wait for the engine's answers to every input the study submitted."""
+        """Wait for the engine's answers to every input the study submitted, all of them
+        within one ``encode_timeout_s`` of the study (not one each)."""
+        if self._timeout is None:
+            for item in inputs:
+                item.collect(None)
+            return
+        deadline = time.monotonic() + self._timeout
         for item in inputs:
-            item.collect(self._timeout)
+            item.collect(max(0.0, deadline - time.monotonic()))
 
     def _conclude(self, head_side: _HeadSide) -> Finding | TaskOutcome:
         spec = head_side.plan.spec

@@ -170,7 +170,7 @@ class ModelInput:
             self.encoded = self.pending.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             self.pending.cancel()
-            self.fail(_failed(f"the encoder did not answer within {timeout} s"))
+            self.fail(_failed("the encoder did not answer within the study's time limit"))
         except EncodingError as exc:
             self.fail(_failed(str(exc)))
         except (TypeError, ValueError) as exc:
