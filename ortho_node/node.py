@@ -164,7 +164,7 @@ class Node:
                 lease=dt.timedelta(seconds=worker_settings.job_lease_s),
                 max_attempts=worker_settings.max_attempts,
             )
-            requeue_stale_sending(self.db)
+            requeue_stale_sending(self.db, max_attempts=self.settings.delivery.max_attempts)
         messages = [job_message(self.db, job_id) for job_id in due_jobs(self.db, republish_after=_REPUBLISH_AFTER)]
         messages += [delivery_message(self.db, batch) for batch in due_batches(self.db, republish_after=_REPUBLISH_AFTER)]
         self.publisher.publish(messages)

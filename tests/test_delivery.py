@@ -204,3 +204,198 @@ def _dataset_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     _, offset = read_part10_meta(data)
     return data[offset:]
+
+
+# ----------------------------------------------------------- failures the PACS or the node may cause
+
+
+def _results(db: Database) -> dict[str, StoredResult]:
+    """The stored results by kind (sr, sc)."""
+    with db.session() as session:
+        return {r.kind: r for r in session.scalars(select(StoredResult))}
+
+
+def _rows_by_kind(db: Database) -> dict[str, Delivery]:
+    with db.session() as session:
+        rows = session.execute(select(Delivery, StoredResult.kind).join(StoredResult, Delivery.result_id == StoredResult.id)).all()
+    return {kind: row for row, kind in rows}
+
+
+class CannedStowServer:
+    """A STOW-RS endpoint on loopback that answers every POST with one canned response: the
+    behaviours of archives that Orthanc does not show (parameters on the Content-Type, 202
+    with failures, 409 with reasons)."""
+
+    def __init__(self, status: int, content_type: str | None, body: bytes) -> None:
+        import http.server
+        import threading
+
+        canned = (status, content_type, body)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, content_type, body = canned
+                self.send_response(status)
+                if content_type:
+                    self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def __enter__(self) -> "CannedStowServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _failed_sop_json(failures: dict[str, int]) -> bytes:
+    import json
+
+    items = [
+        {"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [reason]}}
+        for uid, reason in failures.items()
+    ]
+    return json.dumps({"00081198": {"vr": "SQ", "Value": items}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "failed_sc", "expected"),
+    [
+        # An archive that adds a charset: the failure must still be read (it was taken for success).
+        (202, "application/dicom+json; charset=utf-8", 0xA700, {"sr": "sent", "sc": "pending"}),
+        (202, "application/dicom+json; charset=utf-8", 0xA900, {"sr": "sent", "sc": "dead"}),
+        (200, "application/dicom+json;charset=UTF-8", None, {"sr": "sent", "sc": "sent"}),
+        # 202 without a readable body: which instances were stored is unknown, so all are retried.
+        (202, None, None, {"sr": "pending", "sc": "pending"}),
+        # 409 with a reason per instance: out of resources is retried, not dead-lettered.
+        (409, "application/dicom+json", 0xA700, {"sr": "dead", "sc": "pending"}),
+    ],
+)
+def test_stow_outcomes_follow_the_response_per_instance(knee_results, tmp_path, status, content_type, failed_sc, expected):
+    _, source, built = knee_results
+    with CannedStowServer(200, None, b"") as placeholder:
+        settings = make_settings(tmp_path, [{"kind": "stow", "name": "pacs", "url": placeholder.url}])
+    db, _ = prepare(settings, source, built)
+    results = _results(db)
+    failures = {results["sc"].sop_instance_uid: failed_sc} if failed_sc is not None else {}
+    if status == 409:  # the SR is refused too, without a retryable reason
+        failures[results["sr"].sop_instance_uid] = 0xC000
+    body = _failed_sop_json(failures) if content_type else b""
+    with CannedStowServer(status, content_type, body) as archive:
+        settings = make_settings(tmp_path, [{"kind": "stow", "name": "pacs", "url": archive.url}])
+        run_deliveries(db, settings, [d.id for d in deliveries(db)])
+    rows = _rows_by_kind(db)
+    assert {kind: row.state for kind, row in rows.items()} == expected
+    for kind, row in rows.items():
+        if expected[kind] != "sent":
+            assert row.last_error, "a failure says why"
+
+
+def test_association_aborted_mid_batch_leaves_no_row_in_sending(knee_results, tmp_path):
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    _, source, built = knee_results
+    received: list[str] = []
+
+    def abort_on_the_second(event):
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) >= 2:
+            event.assoc.abort()
+        return 0x0000
+
+    scp = AE(ae_title="ABORTER")
+    scp.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, abort_on_the_second)])
+    try:
+        settings = make_settings(tmp_path, [{"kind": "dimse", "name": "pacs", "ae_title": "ABORTER", "host": "127.0.0.1", "port": port}])
+        db, _ = prepare(settings, source, built)
+        counts = run_deliveries(db, settings, [d.id for d in deliveries(db)])
+    finally:
+        server.shutdown()
+    assert counts == {"sent": 1, "retry": 1, "dead": 0}
+    states = sorted(row.state for row in deliveries(db))
+    assert states == ["pending", "sent"], "the first object is delivered, the aborted one retried"
+
+
+def test_an_unreadable_result_file_fails_alone_and_says_so_without_uids(knee_results, tmp_path):
+    _, source, built = knee_results
+    scp = ReferenceStoreScp(tmp_path / "pacs").start()
+    try:
+        settings = make_settings(tmp_path, [{"kind": "dimse", "name": "pacs", "ae_title": "ANYSCP", "host": "127.0.0.1", "port": scp.port}])
+        db, _ = prepare(settings, source, built)
+        results = _results(db)
+        (settings.results_dir / results["sc"].path).unlink()
+        assert run_deliveries(db, settings, [d.id for d in deliveries(db)]) == {"sent": 1, "retry": 0, "dead": 1}
+        assert set(scp.files_by_sop_instance_uid()) == {results["sr"].sop_instance_uid}
+    finally:
+        scp.stop()
+    dead = _rows_by_kind(db)["sc"]
+    assert dead.state == "dead" and dead.last_error == "result file cannot be read (FileNotFoundError)"
+    assert source.StudyInstanceUID not in dead.last_error
+
+
+def test_an_unexpected_error_in_a_transport_leaves_no_row_in_sending(knee_results, tmp_path, monkeypatch):
+    from ortho_node.pipeline import delivery
+
+    _, source, built = knee_results
+    settings = make_settings(tmp_path, [{"kind": "dimse", "name": "pacs", "ae_title": "X", "host": "127.0.0.1", "port": free_port()}])
+    db, _ = prepare(settings, source, built)
+
+    def buggy(*args):
+        raise KeyError(source.StudyInstanceUID)  # a bug whose message would carry a UID
+
+    monkeypatch.setitem(delivery.TRANSPORTS, "dimse", buggy)
+    assert run_deliveries(db, settings, [d.id for d in deliveries(db)])["retry"] == len(built)
+    rows = deliveries(db)
+    assert {r.state for r in rows} == {"pending"}
+    assert all(r.last_error == "delivery failed unexpectedly: KeyError" for r in rows)
+
+
+def test_a_worker_past_its_lease_cannot_overwrite_the_next_claim(knee_results, tmp_path):
+    from ortho_node.dimse.scu import SendOutcome
+    from ortho_node.pipeline.delivery import _record, claim, requeue_stale_sending
+
+    _, source, built = knee_results
+    settings = make_settings(tmp_path, [{"kind": "dimse", "name": "pacs", "ae_title": "X", "host": "127.0.0.1", "port": 1}], max_attempts=3)
+    db, _ = prepare(settings, source, built)
+    row_id = deliveries(db)[0].id
+    (slow,) = claim(db, [row_id], lease=dt.timedelta(seconds=-1), results_dir=settings.results_dir)  # lease already over
+    assert requeue_stale_sending(db, max_attempts=3) == 1
+    (second,) = claim(db, [row_id], lease=dt.timedelta(minutes=5), results_dir=settings.results_dir)
+    assert second.attempts == slow.attempts + 1
+    assert _record(db, settings, slow, SendOutcome(slow.path, ok=False, transient=True, detail="late")) == "stale"
+    assert deliveries(db)[0].state == "sending", "the second claim stands"
+    assert _record(db, settings, second, SendOutcome(second.path, ok=True)) == "sent"
+    assert deliveries(db)[0].state == "sent"
+
+
+def test_a_send_that_kills_its_worker_on_the_last_attempt_is_dead_lettered(knee_results, tmp_path):
+    from ortho_node.pipeline.delivery import claim, requeue_stale_sending
+
+    _, source, built = knee_results
+    settings = make_settings(tmp_path, [{"kind": "dimse", "name": "pacs", "ae_title": "X", "host": "127.0.0.1", "port": 1}], max_attempts=2)
+    db, _ = prepare(settings, source, built)
+    ids = [d.id for d in deliveries(db)]
+    for _attempt in range(2):  # each claim's worker dies: the lease runs out while "sending"
+        assert len(claim(db, ids, lease=dt.timedelta(seconds=-1), results_dir=settings.results_dir)) == len(ids)
+        requeue_stale_sending(db, max_attempts=2)
+    rows = deliveries(db)
+    assert {r.state for r in rows} == {"dead"}
+    assert all("worker was lost while sending" in r.last_error for r in rows)
+    snapshot = collect_status(db, quarantine_dir=settings.quarantine_dir)
+    assert snapshot.deliveries_by_state["dead"] == len(ids)

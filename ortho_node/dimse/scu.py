@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
@@ -62,11 +64,28 @@ def _client_tls_context(destination: DimseDestination) -> ssl.SSLContext | None:
     return context
 
 
+def failure_is_transient(status: int) -> bool:
+    """Whether a refused object may be accepted later: out of resources (0xA7xx) or a
+    processing failure (0x0110, e.g. the archive's disk or database). Both transports
+    (C-STORE status, STOW-RS Failure Reason) classify alike; after the last attempt a
+    transient failure is dead-lettered all the same."""
+    return 0xA700 <= status <= 0xA7FF or status == 0x0110
+
+
 def _status_outcome(path: Path, status: int) -> SendOutcome:
+    # Success, or a warning (PS3.7 C: 0xBxxx; the object was stored, perhaps coerced).
     if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
         return SendOutcome(path, ok=True, detail=f"0x{status:04X}")
-    transient = 0xA700 <= status <= 0xA7FF  # out of resources: the PACS may recover
-    return SendOutcome(path, ok=False, transient=transient, detail=f"C-STORE failed with status 0x{status:04X}")
+    return SendOutcome(
+        path, ok=False, transient=failure_is_transient(status),
+        detail=f"C-STORE failed with status 0x{status:04X}",
+    )
+
+
+def unreadable(path: Path, exc: Exception) -> SendOutcome:
+    """A result file that cannot be read: permanent (retrying will not bring it back); the
+    detail names the error's type only, as the path holds the object's UIDs."""
+    return SendOutcome(path, ok=False, detail=f"result file cannot be read ({type(exc).__name__})")
 
 
 def send_files(
@@ -87,12 +106,39 @@ def send_files(
     DestinationUnavailable
         No association could be established (refused connection, timeout, rejection).
     """
-    metas = [read_file_meta_info(path) for path in paths]
+    outcomes: dict[Path, SendOutcome] = {}
+
+    def settle(outcome: SendOutcome) -> None:
+        outcomes[outcome.path] = outcome
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    metas: dict[Path, FileMetaDataset] = {}
+    for path in paths:  # one unreadable file fails alone, not its whole batch
+        try:
+            metas[path] = read_file_meta_info(path)
+        except (OSError, InvalidDicomError) as exc:
+            settle(unreadable(path, exc))
+    if metas:
+        _send(destination, metas, calling_ae_title, timeout_s, settle)
+    lost = SendOutcome(Path(), ok=False, transient=True, detail="association lost before sending")
+    return [outcomes.get(path) or replace(lost, path=path) for path in paths]
+
+
+def _send(
+    destination: DimseDestination,
+    metas: dict[Path, FileMetaDataset],
+    calling_ae_title: str,
+    timeout_s: float,
+    settle: Callable[[SendOutcome], None],
+) -> None:
+    """C-STORE the files of ``metas`` over one association, settling each as its response
+    arrives; files left unsettled when the association is lost are the caller's."""
     ae = AE(ae_title=destination.calling_ae_title or calling_ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    for sop_class in sorted({str(meta.MediaStorageSOPClassUID) for meta in metas}):
+    for sop_class in sorted({str(meta.MediaStorageSOPClassUID) for meta in metas.values()}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(
         destination.host,
@@ -108,29 +154,29 @@ def send_files(
     if not assoc.is_established:
         raise DestinationUnavailable(f"cannot associate with {destination.name} at {destination.host}:{destination.port}")
     accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
-    outcomes: list[SendOutcome] = []
     try:
-        for path, meta in zip(paths, metas):
+        for path, meta in metas.items():
             as_stored = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)) in accepted
             try:
                 response = assoc.send_c_store(path if as_stored else pydicom.dcmread(path))
-            except ValueError as exc:  # no accepted presentation context for this SOP class
-                outcomes.append(SendOutcome(path, ok=False, transient=False, detail=f"not accepted by the PACS: {exc}"))
+            except (OSError, InvalidDicomError) as exc:  # the copy to convert cannot be read
+                settle(unreadable(path, exc))
                 continue
+            except ValueError as exc:  # no accepted presentation context for this SOP class
+                settle(SendOutcome(path, ok=False, transient=False, detail=f"not accepted by the PACS: {exc}"))
+                continue
+            except RuntimeError:  # the peer aborted or dropped the association mid-batch
+                log.warning("association with %s lost during a C-STORE", destination.name)
+                break
             if not response or "Status" not in response:
-                outcomes.append(SendOutcome(path, ok=False, transient=True, detail="no C-STORE response (timeout or abort)"))
+                settle(SendOutcome(path, ok=False, transient=True, detail="no C-STORE response (timeout or abort)"))
                 if not assoc.is_established:
                     break
                 continue
             outcome = _status_outcome(path, int(response.Status))
             if not outcome.ok:
                 log.warning("C-STORE of %s to %s: %s", uid_ref(str(meta.MediaStorageSOPInstanceUID)), destination.name, outcome.detail)
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+            settle(outcome)
     finally:
         if assoc.is_established:
             assoc.release()
-    missing = paths[len(outcomes) :]
-    outcomes.extend(SendOutcome(p, ok=False, transient=True, detail="association lost before sending") for p in missing)
-    return outcomes

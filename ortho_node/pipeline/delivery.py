@@ -124,7 +124,8 @@ def _destination(settings: Settings, name: str) -> DimseDestination | StowDestin
 
 
 def run_deliveries(db: Database, settings: Settings, delivery_ids: Sequence[int]) -> dict[str, int]:
-    """Claim, send and record a batch; returns counts of sent / retry / dead."""
+    """Claim, send and record a batch; returns counts of sent / retry / dead (and "stale":
+    outcomes dropped because the row's claim had expired and been taken again)."""
     claimed = claim(db, delivery_ids, lease=dt.timedelta(seconds=settings.worker.job_lease_s), results_dir=settings.results_dir)
     counts = {"sent": 0, "retry": 0, "dead": 0}
     by_destination: dict[str, list[ClaimedDelivery]] = defaultdict(list)
@@ -138,7 +139,8 @@ def run_deliveries(db: Database, settings: Settings, delivery_ids: Sequence[int]
             item = by_path.get(outcome.path)
             if item is not None and outcome.path not in recorded:
                 recorded.add(outcome.path)
-                counts[_record(db, settings, item, outcome)] += 1
+                verdict = _record(db, settings, item, outcome)
+                counts[verdict] = counts.get(verdict, 0) + 1
 
         destination = _destination(settings, name)
         if destination is None:
@@ -148,13 +150,23 @@ def run_deliveries(db: Database, settings: Settings, delivery_ids: Sequence[int]
                 outcomes = TRANSPORTS[destination.kind](destination, [i.path for i in items], settings, record)
             except DestinationUnavailable as exc:
                 outcomes = [SendOutcome(i.path, ok=False, transient=exc.transient, detail=str(exc)) for i in items]
-            except (OSError, ValueError) as exc:  # a result file that cannot be read or encoded
-                outcomes = [SendOutcome(i.path, ok=False, detail=f"{type(exc).__name__}: {exc}") for i in items]
+            except Exception as exc:  # noqa: BLE001 - every claimed row gets an outcome, never stays "sending"
+                why = f"delivery failed unexpectedly: {_error_name(exc)}"
+                log.error("delivery to %s: %s", name, why)
+                outcomes = [SendOutcome(i.path, ok=False, transient=True, detail=why) for i in items]
         for outcome in outcomes:
             record(outcome)  # those not reported as they happened
     if claimed:
         log.info("delivery batch: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     return counts
+
+
+def _error_name(exc: Exception) -> str:
+    """An error's type, and an OS error's reason: never its message, which may hold a
+    result file's path (made of the study's UIDs) or values of the object."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__} ({exc.strerror})"
+    return type(exc).__name__
 
 
 def _record(db: Database, settings: Settings, item: ClaimedDelivery, outcome: SendOutcome) -> str:
@@ -176,22 +188,41 @@ def _record(db: Database, settings: Settings, item: ClaimedDelivery, outcome: Se
         verdict = "dead"
         log.error("delivery %d to %s dead-lettered: %s", item.delivery_id, item.destination, why)
     with db.session() as session:
-        session.execute(
-            update(Delivery).where(Delivery.id == item.delivery_id, Delivery.state == DeliveryState.SENDING.value).values(**values)
+        # The claim's attempt number is its token: a worker that outlived its lease (the row
+        # went back to pending and another worker claimed it) must not overwrite that claim.
+        recorded = session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == item.delivery_id,
+                Delivery.state == DeliveryState.SENDING.value,
+                Delivery.attempts == item.attempts,
+            )
+            .values(**values)
         )
+    if recorded.rowcount != 1:
+        log.warning("delivery %d: outcome of attempt %d dropped, the row was claimed again", item.delivery_id, item.attempts)
+        return "stale"
     return verdict
 
 
-def requeue_stale_sending(db: Database, *, now: dt.datetime | None = None) -> int:
-    """Rows left in ``sending`` past their lease (worker died mid-send) go back to pending."""
+def requeue_stale_sending(db: Database, *, max_attempts: int, now: dt.datetime | None = None) -> int:
+    """Rows left in ``sending`` past their lease (worker died mid-send) go back to pending, or
+    are dead-lettered when that was their last attempt (a batch that kills its worker must
+    not loop). Returns the number of rows moved."""
     now = now or utcnow()
+    stale = (Delivery.state == DeliveryState.SENDING.value, Delivery.next_attempt_at < now)
     with db.session() as session:
-        moved = session.execute(
+        dead = session.execute(
             update(Delivery)
-            .where(Delivery.state == DeliveryState.SENDING.value, Delivery.next_attempt_at < now)
-            .values(state=DeliveryState.PENDING.value, published_at=None, next_attempt_at=now)
+            .where(*stale, Delivery.attempts >= max_attempts)
+            .values(state=DeliveryState.DEAD.value, last_error=f"gave up after {max_attempts} attempts: the worker was lost while sending")
         )
-        return moved.rowcount or 0
+        moved = session.execute(
+            update(Delivery).where(*stale).values(state=DeliveryState.PENDING.value, published_at=None, next_attempt_at=now)
+        )
+        if dead.rowcount:
+            log.error("%d deliveries dead-lettered: their worker was lost during the last attempt", dead.rowcount)
+        return (dead.rowcount or 0) + (moved.rowcount or 0)
 
 
 def resend(
