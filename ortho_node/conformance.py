@@ -143,11 +143,17 @@ def conformance_statement(settings: Settings) -> str:
         *_table(("SOP class", "UID", "when"), [(_name(u), u, when) for u, when in RESULT_SOP_CLASSES]),
         "",
         "Success and warning (0xBxxx) responses count as delivered. An unreachable destination,"
-        " a transient association rejection or an out-of-resources response (0xA7xx) is retried with"
+        " a transient association rejection, an association aborted mid-batch, an out-of-resources"
+        " (0xA7xx) or processing-failure (0x0110) response is retried with"
         f" exponential backoff up to `delivery.max_attempts` ({settings.delivery.max_attempts});"
         " any other failure status, and the last failed attempt, dead-letters the object, shown by"
         " `ortho-node status`; `ortho-node resend` sends it again. Result UIDs are derived from"
-        " (study, model version, revision, object), so a re-send carries the same UIDs.",
+        " (study, model version, revision, object), so a re-send carries the same UIDs. As a STOW-RS"
+        " user agent the node reads outcomes per instance: 200 all stored; 202, 400 and 409 with a"
+        " Failed SOP Sequence, each Failure Reason classed as the C-STORE status of that value; a"
+        " 202 whose body cannot be read retries the whole request; the response's media type is"
+        " matched without its parameters (`application/dicom+json; charset=utf-8`). A result file"
+        " that cannot be read fails alone (dead-lettered; the rest of its batch is sent).",
         "",
         "Result objects are in the study of their source images, each kind in its own series;"
         " instances the node produced that come back to it are stored and never re-processed.",
