@@ -224,6 +224,28 @@ def test_compiled_engine_matches_eager_and_takes_new_batch_sizes(bundle: LoadedB
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
 
 
+def test_padded_and_exact_buckets_reach_the_compiled_encoder_as_the_same_kind_of_tensor(
+    bundle: LoadedBundle,
+) -> None:
+    # dynamo guards on whether an input is an inference tensor: a padded bucket built inside
+    # inference mode compiled that bucket a second time, mid-service (max_batch 1000: the
+    # smallest bucket is 8, so 3 images are padded, 8 are not).
+    seen: list[tuple[int, bool]] = []
+    with InferenceEngine(bundle, max_batch=1000, max_wait_ms=0, precision="fp32", compile=True) as engine:
+        assert engine.batch_buckets[0] == 8
+
+        def recording(chunk: torch.Tensor):
+            seen.append((chunk.shape[0], chunk.is_inference()))
+            return bundle.encoder(chunk)
+
+        engine._model = recording  # the compiled encoder's inputs, without compiling here
+        padded = engine.encode(images(3, seed=6), timeout=60)
+        exact = engine.encode(images(8, seed=7), timeout=60)
+    assert [size for size, _ in seen] == [8, 8]
+    assert seen[0][1] == seen[1][1], "one kind of tensor for every bucket"
+    assert padded.cls.shape[0] == 3 and exact.cls.shape[0] == 8
+
+
 @pytest.mark.parametrize("waiting,taken", [(1, 1), (3, 2), (14, 8), (16, 16), (40, 16)])
 def test_a_compiled_cpu_engine_takes_the_largest_bucket_the_waiting_images_fill(
     waiting: int, taken: int

@@ -740,16 +740,20 @@ class InferenceEngine:
         return contextlib.nullcontext()
 
     def _forward(self, images: torch.Tensor) -> EncoderOutput:
-        plan = bucket_plan(images.shape[0], self._buckets)
+        chunks = []
+        for start, stop, size in bucket_plan(images.shape[0], self._buckets):
+            chunk = images[start:stop]
+            if size > stop - start:  # blank images up to the bucket: no new shape to compile
+                # Padded here, outside inference mode, so that every chunk is the same kind of
+                # tensor: dynamo guards on it and would compile a bucket twice otherwise.
+                chunk = torch.cat([chunk, chunk.new_zeros((size - (stop - start), *chunk.shape[1:]))])
+            chunks.append((chunk, stop - start))
         cls_parts, patch_parts, grid = [], [], (0, 0)
         with torch.inference_mode(), self._autocast():
-            for start, stop, size in plan:
-                chunk = images[start:stop]
-                if size > stop - start:  # blank images up to the bucket: no new shape to compile
-                    chunk = torch.cat([chunk, chunk.new_zeros((size - (stop - start), *chunk.shape[1:]))])
+            for chunk, count in chunks:
                 output = self._model(chunk.to(self.device, non_blocking=True))
-                cls_parts.append(output.cls[: stop - start].float())
-                patch_parts.append(output.patches[: stop - start].float())
+                cls_parts.append(output.cls[:count].float())
+                patch_parts.append(output.patches[:count].float())
                 grid = output.grid
         cls, patches = _joined(cls_parts), _joined(patch_parts)
         if cls.device.type == "cuda":
