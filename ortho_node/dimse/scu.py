@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -121,8 +121,10 @@ def send_files(
             settle(unreadable(path, exc))
     if metas:
         _send(destination, metas, calling_ae_title, timeout_s, settle)
-    lost = SendOutcome(Path(), ok=False, transient=True, detail="association lost before sending")
-    return [outcomes.get(path) or replace(lost, path=path) for path in paths]
+    return [
+        outcomes.get(path) or SendOutcome(path, ok=False, transient=True, detail="association lost before sending")
+        for path in paths
+    ]
 
 
 def _send(

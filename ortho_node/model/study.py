@@ -466,13 +466,9 @@ class StudyAnalyser:
     def _collect(self, inputs: Sequence[ModelInput]) -> None:
         """Wait for the engine's answers to every input the study submitted, all of them
         within one ``encode_timeout_s`` of the study (not one each)."""
-        if self._timeout is None:
-            for item in inputs:
-                item.collect(None)
-            return
-        deadline = time.monotonic() + self._timeout
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
         for item in inputs:
-            item.collect(max(0.0, deadline - time.monotonic()))
+            item.collect(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _conclude(self, head_side: _HeadSide) -> Finding | TaskOutcome:
         spec = head_side.plan.spec

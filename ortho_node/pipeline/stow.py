@@ -16,9 +16,9 @@ cannot be read leaves every object of the request to be retried: which were stor
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -69,22 +69,28 @@ def _json_body(response: requests.Response) -> Dataset | None:
         return None
     try:
         return Dataset.from_json(response.json())
-    except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+    except (ValueError, TypeError, KeyError):  # JSONDecodeError is a ValueError
         return None
 
 
-def _failure_reasons(body: Dataset) -> dict[str, int]:
-    return {
+def _per_instance(datasets: dict[Path, Dataset], body: Dataset, otherwise: SendOutcome) -> dict[Path, SendOutcome]:
+    """Each instance's outcome: its Failure Reason where the Failed SOP Sequence lists it,
+    else ``otherwise`` (for its own path)."""
+    failed = {
         str(item.get("ReferencedSOPInstanceUID", "")): int(item.get("FailureReason", 0))
         for item in body.get("FailedSOPSequence", [])
     }
-
-
-def _failed(path: Path, reason: int) -> SendOutcome:
-    return SendOutcome(
-        path, ok=False, transient=failure_is_transient(reason),
-        detail=f"STOW failure reason 0x{reason:04X}",
-    )
+    outcomes = {}
+    for path, ds in datasets.items():
+        reason = failed.get(str(ds.SOPInstanceUID))
+        if reason is None:
+            outcomes[path] = replace(otherwise, path=path)
+        else:
+            outcomes[path] = SendOutcome(
+                path, ok=False, transient=failure_is_transient(reason),
+                detail=f"STOW failure reason 0x{reason:04X}",
+            )
+    return outcomes
 
 
 def store_files(destination: StowDestination, paths: Sequence[Path], *, timeout_s: float = 60) -> list[SendOutcome]:
@@ -116,13 +122,9 @@ def _store(destination: StowDestination, datasets: dict[Path, Dataset], timeout_
         code = exc.response.status_code if exc.response is not None else 0
         reasons = _json_body(exc.response) if code in _PER_INSTANCE_ERRORS and exc.response is not None else None
         if reasons is not None and "FailedSOPSequence" in reasons:
-            failed = _failure_reasons(reasons)
             log.warning("STOW-RS to %s refused the request: HTTP %d", destination.name, code)
-            return {
-                path: _failed(path, failed[uid]) if (uid := str(ds.SOPInstanceUID)) in failed
-                else SendOutcome(path, ok=False, detail=f"STOW-RS refused the request: HTTP {code}")
-                for path, ds in datasets.items()
-            }
+            refused = SendOutcome(Path(), ok=False, detail=f"STOW-RS refused the request: HTTP {code}")
+            return _per_instance(datasets, reasons, refused)
         transient = code >= 500 or code in _TRANSIENT_HTTP or code == 0
         raise DestinationUnavailable(f"STOW-RS to {destination.name} failed: HTTP {code}", transient=transient) from exc
     except requests.RequestException as exc:
@@ -132,8 +134,4 @@ def _store(destination: StowDestination, datasets: dict[Path, Dataset], timeout_
         log.warning("STOW-RS to %s: HTTP 202 without a readable response body", destination.name)
         unknown = "HTTP 202 (some instances not stored) without a readable response: retried"
         return {path: SendOutcome(path, ok=False, transient=True, detail=unknown) for path in datasets}
-    failed = _failure_reasons(body)
-    return {
-        path: _failed(path, failed[uid]) if (uid := str(ds.SOPInstanceUID)) in failed else SendOutcome(path, ok=True)
-        for path, ds in datasets.items()
-    }
+    return _per_instance(datasets, body, SendOutcome(Path(), ok=True))
