@@ -31,6 +31,7 @@ Usage::
     bench/infer --compile             # torch.compile the encoder, as worker.compile: true does
     bench/infer --device cuda --processes 8   # end to end in 8 worker processes sharing the GPU
     bench/infer --device cuda --processes 8 --in-flight 1   # ... as a prefork pool's children
+    bench/infer --device cuda --processes 8 --in-flight 1 --shared-engine   # ... with worker.shared_engine
     bench/infer --device cuda --models vits --precisions bf16 --profile 48
         # where one process's CPU time goes: 48 studies one at a time under cProfile
 
@@ -72,6 +73,7 @@ from ortho_node.model.engine import (  # noqa: E402
     inference_model,
     native_bf16,
 )
+from ortho_node.model.engine_server import EngineServerOptions, start_engine_process  # noqa: E402
 from ortho_node.model.heads import create_head  # noqa: E402
 from ortho_node.model.infer import (  # noqa: E402
     StudyFiles,
@@ -288,12 +290,15 @@ def end_to_end(
     compile: bool,
     processes: int = 1,
     in_flight: int | None = None,
+    shared_engine: bool = False,
 ) -> float:
     """Images/s of read + decode + preprocess + engine + heads over the written studies.
 
     With ``processes`` > 1 the studies are shared among that many processes, each with its own
     analyser and engine on ``device``: several ``ortho-node worker`` processes on one host,
-    which is how preparation (Python, under one GIL per process) uses a host's cores.
+    which is how preparation (Python, under one GIL per process) uses a host's cores. With
+    ``shared_engine`` they all send their images to one engine process instead (a prefork
+    worker with ``worker.shared_engine``).
     """
     studies = collect_studies(files).studies
     wanted = (plan.e2e_images + 1) // 2
@@ -303,7 +308,20 @@ def end_to_end(
     # in a worker with a queue. A prefork worker's child has one job in flight (--in-flight 1).
     concurrent = in_flight or max(2, plan.batch // processes)
     images = sum(len(s.paths) for s in timed_studies)
-    if processes == 1:
+    if shared_engine:
+        with tempfile.TemporaryDirectory(prefix="ortho-bench-engine-") as run_dir:
+            engine = start_engine_process(EngineServerOptions(
+                bundle_dir=bundle_dir, socket_path=Path(run_dir) / "engine.sock", device=str(device),
+                max_batch=plan.batch, max_wait_ms=20, precision=precision.value, compile=compile,
+            ))
+            try:
+                elapsed, mean_batches = _analyse_in_processes(
+                    bundle_dir, device, precision, plan.batch, compile, warm, timed_studies, concurrent,
+                    processes, engine_socket=str(engine.socket_path),
+                )
+            finally:
+                engine.stop()
+    elif processes == 1:
         elapsed, mean_batch = _analyse_timed(
             bundle_dir, device, precision, plan.batch, compile, warm, timed_studies, concurrent
         )
@@ -314,7 +332,8 @@ def end_to_end(
             processes,
         )
     print(
-        f"    end-to-end: {images} images, {processes} process(es), mean batch "
+        f"    end-to-end: {images} images, {processes} process(es)"
+        f"{' sharing one engine process' if shared_engine else ''}, mean batch "
         f"{statistics.mean(mean_batches):.1f}, {concurrent} studies in flight per process"
     )
     return images / elapsed
@@ -322,16 +341,20 @@ def end_to_end(
 
 def _analyser(
     bundle_dir: Path, device: torch.device, precision: Precision, batch: int, compile: bool,
-    warm: Sequence[StudyFiles],
+    warm: Sequence[StudyFiles], engine_socket: str | None = None,
 ) -> StudyAnalyser:
     """A warm analyser, as a worker is before its first job: compiled (every batch bucket on a
-    CPU, the one graph elsewhere) when ``compile``, and one study analysed."""
-    bundle = load_bundle(bundle_dir, device=device)
-    analyser = StudyAnalyser(
-        bundle, max_batch=batch, max_wait_ms=20, precision=precision, compile=compile
-    )
+    CPU, the one graph elsewhere) when ``compile``, and one study analysed. With
+    ``engine_socket`` it encodes in that (already warm) engine process."""
+    if engine_socket is not None:
+        analyser = StudyAnalyser.from_bundle_dir(bundle_dir, engine_socket=engine_socket)
+    else:
+        bundle = load_bundle(bundle_dir, device=device)
+        analyser = StudyAnalyser(
+            bundle, max_batch=batch, max_wait_ms=20, precision=precision, compile=compile
+        )
     try:
-        if compile:
+        if compile and engine_socket is None:
             analyser.engine.warmup()
         analyse_studies(analyser, warm, concurrent_studies=1)
     except BaseException:
@@ -354,11 +377,11 @@ def _analyse_timed(
 def _process_share(
     bundle_dir: Path, device: str, precision: Precision, batch: int, compile: bool,
     warm: Sequence[StudyFiles], studies: Sequence[StudyFiles], concurrent: int, threads: int,
-    ready: multiprocessing.Queue, go: Event, results: multiprocessing.Queue,
+    ready: multiprocessing.Queue, go: Event, results: multiprocessing.Queue, engine_socket: str | None,
 ) -> None:
     """One process of a multi-process run: warm up, wait for the others, analyse its share."""
     torch.set_num_threads(threads)
-    with _analyser(bundle_dir, torch.device(device), precision, batch, compile, warm) as analyser:
+    with _analyser(bundle_dir, torch.device(device), precision, batch, compile, warm, engine_socket) as analyser:
         ready.put(os.getpid())
         go.wait()
         analyse_studies(analyser, studies, concurrent_studies=concurrent)
@@ -368,6 +391,7 @@ def _process_share(
 def _analyse_in_processes(
     bundle_dir: Path, device: torch.device, precision: Precision, batch: int, compile: bool,
     warm: Sequence[StudyFiles], studies: Sequence[StudyFiles], concurrent: int, processes: int,
+    engine_socket: str | None = None,
 ) -> tuple[float, list[float]]:
     """Wall time from the moment every process is warm until the last one is done."""
     context = multiprocessing.get_context("spawn")  # no fork after torch started threads
@@ -377,7 +401,7 @@ def _analyse_in_processes(
         context.Process(
             target=_process_share,
             args=(bundle_dir, str(device), precision, batch, compile, warm,
-                  studies[index::processes], concurrent, threads, ready, go, results),
+                  studies[index::processes], concurrent, threads, ready, go, results, engine_socket),
             daemon=True,
         )
         for index in range(processes)
@@ -477,6 +501,11 @@ def main() -> None:
         "--compile", action="store_true", help="torch.compile the encoder (worker.compile)"
     )
     parser.add_argument(
+        "--shared-engine", action="store_true",
+        help="the --processes send their images to one engine process (worker.shared_engine) "
+        "instead of each running its own engine",
+    )
+    parser.add_argument(
         "--processes", type=int, default=1,
         help="end to end in this many processes, each with its own engine on the device "
         "(several worker processes on one host; default 1)",
@@ -550,7 +579,7 @@ def main() -> None:
                 )
                 e2e = end_to_end(
                     bundle_dir, device, precision, plan, files, args.compile, args.processes,
-                    args.in_flight,
+                    args.in_flight, args.shared_engine,
                 )
                 rows.append((label, precision, plan.batch, flops, raw, e2e))
             del encoder

@@ -273,6 +273,12 @@ class WorkerSettings(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast only where the device computes bf16 natively (CUDA, AMX CPUs)"
     )
+    shared_engine: bool = Field(
+        False,
+        description="with pool prefork: one engine process holds the encoder on the device and batches "
+        "the images of all children together (one model copy, one CUDA context); the children read, "
+        "prepare, run the heads and build the results",
+    )
     embedded: bool = Field(True, description="serve starts a worker process itself")
     job_lease_s: float = Field(900.0, gt=0, description="a running job silent this long is requeued")
     max_attempts: int = Field(3, ge=1)
@@ -283,6 +289,12 @@ class WorkerSettings(_Section):
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _shared_engine_needs_prefork(self) -> "WorkerSettings":
+        if self.shared_engine and self.pool != "prefork":
+            raise ValueError("shared_engine serves the children of a prefork pool: set pool: prefork (threads share one engine already)")
+        return self
 
 
 class Settings(BaseSettings):

@@ -459,7 +459,9 @@ def _sub_state(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, to
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def load_bundle(bundle_dir: str | Path, *, device: str | torch.device = "cpu") -> LoadedBundle:
+def load_bundle(
+    bundle_dir: str | Path, *, device: str | torch.device = "cpu", encoder_weights: bool = True
+) -> LoadedBundle:
     """Load a bundle after verifying the sha256 of its weights.
 
     Parameters
@@ -468,6 +470,10 @@ def load_bundle(bundle_dir: str | Path, *, device: str | torch.device = "cpu") -
         Bundle folder.
     device : str or torch.device, optional
         Where to put the modules (default ``"cpu"``).
+    encoder_weights : bool, optional
+        False: the encoder is built on the ``meta`` device, its structure without weights (a
+        process that encodes in the shared engine process and runs only the heads; ViT-L/16
+        would cost it 1.2 GB). Such a bundle cannot be given to an ``InferenceEngine``.
 
     Raises
     ------
@@ -495,14 +501,18 @@ def load_bundle(bundle_dir: str | Path, *, device: str | torch.device = "cpu") -
         raise BundleError(
             f"weights do not fit the manifest ({manifest.arch}): {mismatch.describe()}"
         )
-    encoder = build_encoder(manifest.arch, img_size=manifest.input_size, initialise=False)
-    encoder.load_state_dict(_sub_state(tensors, _ENCODER_PREFIX), strict=True)
+    if encoder_weights:
+        encoder = build_encoder(manifest.arch, img_size=manifest.input_size, initialise=False)
+        encoder.load_state_dict(_sub_state(tensors, _ENCODER_PREFIX), strict=True)
+    else:
+        with torch.device("meta"):
+            encoder = build_encoder(manifest.arch, img_size=manifest.input_size, initialise=False)
     heads: dict[str, TaskHead] = {}
     for entry in manifest.heads:
         head = TaskHead(entry.spec, embed_dim=manifest.embed_dim)
         head.load_state_dict(_sub_state(tensors, f"{_HEADS_PREFIX}{entry.spec.name}."), strict=True)
         heads[entry.spec.name] = head
-    encoder.to(target).eval().requires_grad_(False)
+    encoder.to(target if encoder_weights else torch.device("meta")).eval().requires_grad_(False)
     for head in heads.values():
         head.eval().requires_grad_(False)  # stays on the CPU (LoadedBundle)
     return LoadedBundle(

@@ -1,7 +1,9 @@
 """The resident inference engine: one bundle on one device, micro-batching across jobs.
 
 A worker process loads its bundle once and keeps it for its whole life. Jobs run in the
-threads of one process (Celery's thread pool); each job hands its images to
+threads of one process (Celery's thread pool), or in the children of a prefork pool, which
+either run an engine each or send their images to one engine process
+(:mod:`~ortho_node.model.engine_server`, ``worker.shared_engine``); each job hands its images to
 :meth:`InferenceEngine.submit` and gets a :class:`~concurrent.futures.Future`. One background
 thread merges the requests of all callers into batches of up to ``max_batch`` images, waiting
 at most ``max_wait_ms`` after the oldest waiting request (less when a caller says by
@@ -75,6 +77,7 @@ __all__ = [
     "native_bf16",
     "with_bf16_linear_weights",
     "resolve_precision",
+    "validate_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -391,6 +394,47 @@ def _check_number(name: str, value: object, *, low: float, integer: bool) -> Non
         raise ValueError(f"{name} must be >= {low:g}, got {value}")
 
 
+def validate_images(
+    images: torch.Tensor | Sequence[torch.Tensor], input_shape: tuple[int, int, int]
+) -> torch.Tensor:
+    """``images`` as one contiguous float32 ``[n, C, H, W]`` batch in host memory, checked.
+
+    Raises
+    ------
+    TypeError
+        Not a tensor or a non-empty sequence of tensors; not floating point.
+    ValueError
+        Another shape than ``[n, *input_shape]``, too many images, NaN or infinite values.
+    """
+    if isinstance(images, torch.Tensor):
+        batch = images.unsqueeze(0) if images.ndim == 3 else images
+    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+        if not images or not all(isinstance(item, torch.Tensor) for item in images):
+            raise TypeError("images must be a non-empty sequence of torch.Tensor")
+        shapes = {tuple(item.shape) for item in images}
+        if len(shapes) != 1:
+            raise ValueError(f"images in one request must share a shape, got {sorted(shapes)}")
+        batch = torch.stack(list(images))
+    else:
+        raise TypeError(
+            f"images must be a torch.Tensor or a sequence of them, got {type(images).__name__}"
+        )
+    expected = f"[n, {', '.join(str(v) for v in input_shape)}]"
+    if batch.ndim != 4 or tuple(batch.shape[1:]) != input_shape:
+        raise ValueError(f"images must have shape {expected}, got {tuple(batch.shape)}")
+    if not 1 <= batch.shape[0] <= _MAX_REQUEST_IMAGES:
+        raise ValueError(
+            f"a request must hold 1-{_MAX_REQUEST_IMAGES} images, got {batch.shape[0]}"
+        )
+    if not batch.is_floating_point():
+        raise TypeError(f"images must be floating point, got {batch.dtype}")
+    if not bool(torch.isfinite(batch).all()):
+        raise ValueError("images contain NaN or infinite values")
+    # Every request in host memory: requests from anywhere batch together (one already
+    # on the device comes back once, a rare case), and the batch goes over in one copy.
+    return batch.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
 class InferenceEngine:
     """A bundle's encoder behind a thread-safe, batching ``submit`` (see the module docstring).
 
@@ -430,6 +474,8 @@ class InferenceEngine:
     ) -> None:
         if not isinstance(bundle, LoadedBundle):
             raise TypeError(f"bundle must be a LoadedBundle, got {type(bundle).__name__}")
+        if any(parameter.is_meta for parameter in bundle.encoder.parameters()):
+            raise ValueError("the bundle was loaded without its encoder weights (encoder_weights=False): nothing to run")
         _check_number("max_batch", max_batch, low=1, integer=True)
         _check_number("max_wait_ms", max_wait_ms, low=0, integer=False)
         if not isinstance(compile, bool):
@@ -613,33 +659,7 @@ class InferenceEngine:
     # ------------------------------------------------------------------ validation
 
     def _validated(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        if isinstance(images, torch.Tensor):
-            batch = images.unsqueeze(0) if images.ndim == 3 else images
-        elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
-            if not images or not all(isinstance(item, torch.Tensor) for item in images):
-                raise TypeError("images must be a non-empty sequence of torch.Tensor")
-            shapes = {tuple(item.shape) for item in images}
-            if len(shapes) != 1:
-                raise ValueError(f"images in one request must share a shape, got {sorted(shapes)}")
-            batch = torch.stack(list(images))
-        else:
-            raise TypeError(
-                f"images must be a torch.Tensor or a sequence of them, got {type(images).__name__}"
-            )
-        expected = f"[n, {', '.join(str(v) for v in self._input_shape)}]"
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != self._input_shape:
-            raise ValueError(f"images must have shape {expected}, got {tuple(batch.shape)}")
-        if not 1 <= batch.shape[0] <= _MAX_REQUEST_IMAGES:
-            raise ValueError(
-                f"a request must hold 1-{_MAX_REQUEST_IMAGES} images, got {batch.shape[0]}"
-            )
-        if not batch.is_floating_point():
-            raise TypeError(f"images must be floating point, got {batch.dtype}")
-        if not bool(torch.isfinite(batch).all()):
-            raise ValueError("images contain NaN or infinite values")
-        # Every request in host memory: requests from anywhere batch together (one already
-        # on the device comes back once, a rare case), and the batch goes over in one copy.
-        batch = batch.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        batch = validate_images(images, self._input_shape)
         if self.device.type == "cuda":
             batch = batch.pin_memory()  # lets the copy to the GPU overlap
         return batch

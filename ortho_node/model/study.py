@@ -48,6 +48,7 @@ from ortho_node.model.bundle import LoadedBundle, load_bundle
 from ortho_node.model.calibration import predict
 from ortho_node.model.encoder import EncoderOutput
 from ortho_node.model.engine import InferenceEngine, Precision, check_device_available
+from ortho_node.model.engine_client import RemoteEngine
 from ortho_node.model.explain import evaluate_head
 from ortho_node.model.findings import (
     Finding,
@@ -168,9 +169,10 @@ class StudyAnalyser:
 
     Parameters
     ----------
-    source : LoadedBundle or InferenceEngine
+    source : LoadedBundle, InferenceEngine or RemoteEngine
         A bundle (the analyser starts its own engine and closes it in :meth:`close`), or a
-        running engine to share (the caller closes it).
+        running engine to share, in this process or the host's shared engine process
+        (:mod:`~ortho_node.model.engine_server`); the caller closes it.
     max_batch, max_wait_ms, precision, compile
         Engine options, used when ``source`` is a bundle (see :class:`InferenceEngine`).
     preprocess_options : Mapping, optional
@@ -197,7 +199,7 @@ class StudyAnalyser:
 
     def __init__(
         self,
-        source: LoadedBundle | InferenceEngine,
+        source: LoadedBundle | InferenceEngine | RemoteEngine,
         *,
         max_batch: int = 32,
         max_wait_ms: float = 20.0,
@@ -210,7 +212,7 @@ class StudyAnalyser:
         explain: bool = True,
         encode_timeout_s: float | None = 600.0,
     ) -> None:
-        if isinstance(source, InferenceEngine):
+        if isinstance(source, (InferenceEngine, RemoteEngine)):
             engine, owns_engine = source, False
         elif isinstance(source, LoadedBundle):
             engine = InferenceEngine(
@@ -220,7 +222,7 @@ class StudyAnalyser:
             owns_engine = True
         else:
             raise TypeError(
-                f"source must be a LoadedBundle or an InferenceEngine, got {type(source).__name__}"
+                f"source must be a LoadedBundle, an InferenceEngine or a RemoteEngine, got {type(source).__name__}"
             )
         try:
             self._plans = self._head_plans(engine.bundle)
@@ -253,6 +255,7 @@ class StudyAnalyser:
         cls,
         path: str | Path | None = None,
         *,
+        engine_socket: str | Path | None = None,
         device: str | torch.device = "cpu",
         max_batch: int = 32,
         max_wait_ms: float = 20.0,
@@ -266,6 +269,10 @@ class StudyAnalyser:
         ----------
         path : str, Path or None
             Bundle folder; None means :func:`default_bundle_dir`.
+        engine_socket : str, Path or None
+            The host's shared engine (:mod:`~ortho_node.model.engine_server`), serving this
+            bundle: the analyser encodes there and runs only the heads here; the engine options
+            below are then the engine process's, not used here. None: an engine of its own.
         device : str or torch.device, optional
             ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``.
         max_batch, max_wait_ms, compile, precision
@@ -279,7 +286,19 @@ class StudyAnalyser:
             Missing, invalid or tampered bundle; no trained head.
         ValueError
             ``device`` is not on this machine.
+        EngineMismatchError
+            The shared engine serves another bundle.
         """
+        if engine_socket is not None:
+            bundle = load_bundle(default_bundle_dir() if path is None else path, encoder_weights=False)
+            engine = RemoteEngine(bundle, engine_socket)
+            try:
+                analyser = cls(engine, **options)
+            except BaseException:
+                engine.close()
+                raise
+            analyser._owns_engine = True
+            return analyser
         check_device_available(device)
         bundle = load_bundle(default_bundle_dir() if path is None else path, device=device)
         analyser = cls(
@@ -315,7 +334,7 @@ class StudyAnalyser:
     # ------------------------------------------------------------------ properties
 
     @property
-    def engine(self) -> InferenceEngine:
+    def engine(self) -> InferenceEngine | RemoteEngine:
         """The engine the analyser encodes with."""
         return self._engine
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import NoReturn
 
 from celery import Celery
-from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
@@ -23,6 +24,7 @@ from ortho_node.pipeline.context import JobStep, WorkerContext
 from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
 from ortho_node.pipeline.delivery import DELIVER_TASK, pending_for_job, run_deliveries
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
+from ortho_node.pipeline.shared_engine import SharedEngine
 from ortho_node.store import InstanceStore
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class NodeCelery(Celery):
         self.settings = settings
         self._context: WorkerContext | None = None
         self._context_lock = threading.Lock()
+        self._shared_engine: SharedEngine | None = None
         self.conf.update(
             task_serializer="json",
             accept_content=["json"],
@@ -68,9 +71,31 @@ class NodeCelery(Celery):
             enable_utc=True,
         )
         register_tasks(self)
-        # worker_shutdown fires in the worker itself, worker_process_shutdown in prefork children.
-        worker_shutdown.connect(lambda **_: self.close_worker_context(), weak=False)
+        # worker_init and worker_shutdown fire in the worker itself (before the pool forks, after
+        # it stopped), worker_process_shutdown in prefork children.
+        worker_init.connect(self._on_worker_init, weak=False)
+        worker_shutdown.connect(lambda **_: self._on_worker_shutdown(), weak=False)
         worker_process_shutdown.connect(lambda **_: self.close_worker_context(), weak=False)
+
+    @property
+    def shared_engine_socket(self) -> Path | None:
+        """The socket of this worker's shared engine (prefork children inherit it); None without one."""
+        return self._shared_engine.socket_path if self._shared_engine is not None else None
+
+    def _on_worker_init(self, sender: object = None, **_: object) -> None:
+        if getattr(sender, "app", self) is not self or not self.settings.worker.shared_engine:
+            return
+        from ortho_node.model.study import default_bundle_dir
+
+        engine = SharedEngine(self.settings, self.settings.worker.bundle or default_bundle_dir())
+        engine.start()  # a failure stops the worker before any child runs a job
+        self._shared_engine = engine
+
+    def _on_worker_shutdown(self) -> None:
+        self.close_worker_context()
+        if self._shared_engine is not None:
+            self._shared_engine.stop()
+            self._shared_engine = None
 
     def close_worker_context(self) -> None:
         with self._context_lock:
@@ -82,7 +107,7 @@ class NodeCelery(Celery):
         """The process-wide context, built on first use (in the worker, not at import)."""
         with self._context_lock:
             if self._context is None:
-                self._context = build_worker_context(self.settings)
+                self._context = build_worker_context(self.settings, engine_socket=self.shared_engine_socket)
             return self._context
 
 
@@ -99,6 +124,7 @@ def build_analysis_step(context: WorkerContext) -> JobStep:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // worker.concurrency))
     analyser = StudyAnalyser.from_bundle_dir(
         worker.bundle or default_bundle_dir(),
+        engine_socket=context.engine_socket,
         device=worker.device,
         max_batch=worker.max_batch,
         max_wait_ms=worker.max_wait_ms,
@@ -116,10 +142,12 @@ def build_analysis_step(context: WorkerContext) -> JobStep:
     )
 
 
-def build_worker_context(settings: Settings) -> WorkerContext:
+def build_worker_context(settings: Settings, *, engine_socket: Path | None = None) -> WorkerContext:
     db = Database(settings.effective_database_url)
     store = InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir)
-    return WorkerContext(settings=settings, db=db, store=store, build_step=build_analysis_step)
+    return WorkerContext(
+        settings=settings, db=db, store=store, build_step=build_analysis_step, engine_socket=engine_socket
+    )
 
 
 def _raising(exc: Exception) -> JobStep:

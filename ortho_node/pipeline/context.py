@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
@@ -24,6 +25,7 @@ class WorkerContext:
     db: Database
     store: InstanceStore
     build_step: Callable[["WorkerContext"], JobStep]
+    engine_socket: Path | None = None  # the worker's shared engine (prefork with worker.shared_engine)
     _step: JobStep | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 

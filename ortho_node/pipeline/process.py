@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
+from ortho_node.model.engine import EngineClosedError
 from ortho_node.model.findings import StudyFindings
 from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
 from ortho_node.pipeline.jobs import ClaimedJob, JobInstance, LeaseKeeper
@@ -117,10 +118,13 @@ class AnalyseStudyStep:
         lease = LeaseKeeper.for_lease(self._db, job.job_id, self._settings.worker.job_lease_s)
         datasets = read_instances(self._store, job.instances)
         clock.lap("read")
-        forward_before = self._forward_seconds()
-        findings = self._analyser.analyse(datasets, study_instance_uid=job.study_instance_uid)
-        clock.lap("analyse")
-        clock.laps["model_forward"] = self._forward_seconds() - forward_before
+        try:
+            forward_before = self._forward_seconds()
+            findings = self._analyser.analyse(datasets, study_instance_uid=job.study_instance_uid)
+            clock.lap("analyse")
+            clock.laps["model_forward"] = self._forward_seconds() - forward_before
+        except EngineClosedError as exc:  # the shared engine restarting: try the job again later
+            raise TransientJobError(f"the inference engine is not available: {exc}") from exc
         lease.renew_if_due()  # a long analysis must not make the job look abandoned
         previous = previous_report(self._db, job.study_id, job.study_instance_uid, exclude_job_id=job.job_id)
         revision = previous.revision + 1 if previous else 0
