@@ -139,6 +139,10 @@ def worker(
     pool: Optional[str] = typer.Option(
         None, help="Celery pool: threads (one resident model) or prefork (one per child); default from config."
     ),
+    shared_engine: Optional[bool] = typer.Option(
+        None, "--shared-engine/--no-shared-engine",
+        help="With prefork: one engine process holds the model for all children; default from config.",
+    ),
     var_dir: Optional[Path] = typer.Option(None),
     database_url: Optional[str] = typer.Option(None, "--database"),
     broker_url: Optional[str] = typer.Option(None, "--broker"),
@@ -150,7 +154,11 @@ def worker(
     from ortho_node.pipeline.celery_app import NodeCelery
 
     overrides = _cli_overrides(var_dir=var_dir, database_url=database_url, broker_url=broker_url)
-    chosen = {k: v for k, v in {"concurrency": concurrency, "pool": pool}.items() if v is not None}
+    chosen = {
+        k: v
+        for k, v in {"concurrency": concurrency, "pool": pool, "shared_engine": shared_engine}.items()
+        if v is not None
+    }
     if chosen:  # into the settings: the pool's children read them (their share of the cores)
         overrides["worker"] = chosen
     settings = _settings(**overrides)

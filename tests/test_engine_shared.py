@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,16 @@ def test_a_client_loads_the_heads_without_the_encoders_weights(bundle, served) -
         future = client.submit(images(1))
         client.flush()
         assert future.result(timeout=10).cls.shape == (1, bundle.manifest.embed_dim)
+
+
+def test_a_message_larger_than_any_request_is_refused_before_it_is_read(bundle, served) -> None:
+    # 4096 images of the bundle's size is the most one request may hold; a message announcing
+    # more is dropped at its prefix, before the server allocates anything for it.
+    too_big = 4096 * 3 * INPUT_SIZE * INPUT_SIZE * 4 + 4
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(10)
+        raw.connect(str(served.socket_path))
+        assert receive_message(raw)[0]["kind"] == "hello"
+        header = b'{"kind":"encode","id":1,"tensors":[]}'
+        raw.sendall(struct.pack("!IQ", len(header), too_big) + header)
+        assert receive_message(raw) is None

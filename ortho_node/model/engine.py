@@ -61,6 +61,7 @@ from ortho_node.model.bundle import LoadedBundle
 from ortho_node.model.encoder import EncoderOutput
 
 __all__ = [
+    "MAX_REQUEST_IMAGES",
     "EncodingError",
     "EngineClosedError",
     "EngineStats",
@@ -82,7 +83,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MAX_REQUEST_IMAGES = 4096
+MAX_REQUEST_IMAGES = 4096
 """Largest request accepted (a 4096-slice stack is far beyond any real series)."""
 _RECENT_BATCHES = 1024
 
@@ -422,9 +423,9 @@ def validate_images(
     expected = f"[n, {', '.join(str(v) for v in input_shape)}]"
     if batch.ndim != 4 or tuple(batch.shape[1:]) != input_shape:
         raise ValueError(f"images must have shape {expected}, got {tuple(batch.shape)}")
-    if not 1 <= batch.shape[0] <= _MAX_REQUEST_IMAGES:
+    if not 1 <= batch.shape[0] <= MAX_REQUEST_IMAGES:
         raise ValueError(
-            f"a request must hold 1-{_MAX_REQUEST_IMAGES} images, got {batch.shape[0]}"
+            f"a request must hold 1-{MAX_REQUEST_IMAGES} images, got {batch.shape[0]}"
         )
     if not batch.is_floating_point():
         raise TypeError(f"images must be floating point, got {batch.dtype}")

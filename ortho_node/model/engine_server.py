@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import multiprocessing
 import os
 import queue
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 
 from ortho_node.model.encoder import EncoderOutput
-from ortho_node.model.engine import InferenceEngine
+from ortho_node.model.engine import MAX_REQUEST_IMAGES, InferenceEngine
 from ortho_node.model.engine_wire import WireError, receive_message, send_message
 
 __all__ = ["EngineProcess", "EngineServer", "EngineServerOptions", "start_engine_process"]
@@ -74,6 +75,8 @@ class EngineServer:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._hello = _hello(engine)
+        # One request of the most images the engine takes, in float32: what a client may make us allocate.
+        self._max_payload = MAX_REQUEST_IMAGES * math.prod(engine.input_shape) * 4
         self._acceptor = threading.Thread(target=self._accept, name="ortho-engine-accept", daemon=True)
         self._acceptor.start()
         log.info("shared inference engine listening (%s)", self._path.name)
@@ -130,7 +133,7 @@ class EngineServer:
         answers.put((self._hello, []))
         try:
             while True:
-                message = receive_message(connection)
+                message = receive_message(connection, max_payload_bytes=self._max_payload)
                 if message is None:
                     return
                 self._handle(*message, answers)

@@ -61,8 +61,13 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytearray:
     return buffer
 
 
-def receive_message(sock: socket.socket) -> tuple[dict[str, Any], list[torch.Tensor]] | None:
+def receive_message(
+    sock: socket.socket, *, max_payload_bytes: int = _MAX_PAYLOAD_BYTES
+) -> tuple[dict[str, Any], list[torch.Tensor]] | None:
     """The next message as (header, tensors); None when the peer closed the connection between messages.
+
+    ``max_payload_bytes`` bounds what one message may make this process allocate (the engine
+    passes the size of its largest acceptable request).
 
     Raises
     ------
@@ -76,7 +81,7 @@ def receive_message(sock: socket.socket) -> tuple[dict[str, Any], list[torch.Ten
     if not first:
         return None
     head_size, payload_size = _PREFIX.unpack(_receive_exactly(sock, _PREFIX.size))
-    if head_size > _MAX_HEADER_BYTES or payload_size > _MAX_PAYLOAD_BYTES:
+    if head_size > _MAX_HEADER_BYTES or payload_size > min(max_payload_bytes, _MAX_PAYLOAD_BYTES):
         raise WireError(f"message too large (header {head_size} bytes, payload {payload_size} bytes)")
     try:
         header = json.loads(_receive_exactly(sock, head_size))
