@@ -4,8 +4,10 @@ a Unix socket (ortho_node.model.engine_server / engine_client), and its place in
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,21 @@ def test_a_message_larger_than_any_request_is_refused_before_it_is_read(bundle, 
         header = b'{"kind":"encode","id":1,"tensors":[]}'
         raw.sendall(struct.pack("!IQ", len(header), too_big) + header)
         assert receive_message(raw) is None
+
+
+def test_engine_process_stops_while_forked_children_hold_its_pipe(tmp_path) -> None:
+    # A prefork pool forks its children after the engine started: they inherit the end of the
+    # pipe whose closing tells the engine to stop. Stopping must not wait for them.
+    options = EngineServerOptions(bundle_dir=fixture_bundle_dir(), socket_path=tmp_path / "engine.sock")
+    engine = start_engine_process(options, ready_timeout_s=120)
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    child.start()
+    try:
+        started = time.monotonic()
+        engine.stop(timeout=30)
+        assert time.monotonic() - started < 15
+        assert engine.process.exitcode == 0, "stopped by its own shutdown, not killed"
+        assert not options.socket_path.exists()
+    finally:
+        child.kill()
+        child.join()

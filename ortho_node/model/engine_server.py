@@ -224,7 +224,11 @@ class EngineProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the process to finish its queued work and exit; kill it past ``timeout``."""
-        self._lifeline.close()  # the process's watcher sees the end of the pipe
+        self._lifeline.close()
+        # SIGTERM too: processes forked from this one since (a prefork pool's children) hold
+        # copies of the pipe's end, so the engine would not see it close while they live.
+        if self.process.is_alive():
+            self.process.terminate()
         self.process.join(timeout)
         if self.process.is_alive():
             log.warning("shared inference engine did not stop within %.0f s; killing it", timeout)
@@ -294,17 +298,19 @@ def _engine_main(options: EngineServerOptions, lifeline: Connection, ready: Conn
         log.exception("shared inference engine could not start")
         ready.send(f"{type(exc).__name__}: {exc}")
         return
+    terminated: list[int] = []  # the handler only notes the signal: the loop below acts on it
+    signal.signal(signal.SIGTERM, lambda signum, _frame: terminated.append(signum))
     ready.send("ready")
     ready.close()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=_await_end, args=(lifeline, stop), daemon=True).start()
-    stop.wait()
+    parent_gone = threading.Event()
+    threading.Thread(target=_await_end, args=(lifeline, parent_gone), daemon=True).start()
+    while not terminated and not parent_gone.wait(0.5):
+        pass
     log.info("shared inference engine stopping")
     server.close()
 
 
-def _await_end(lifeline: Connection, stop: threading.Event) -> None:
+def _await_end(lifeline: Connection, parent_gone: threading.Event) -> None:
     with contextlib.suppress(EOFError, OSError):
         lifeline.recv()
-    stop.set()
+    parent_gone.set()
