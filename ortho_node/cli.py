@@ -288,6 +288,9 @@ def status(
 def resend(
     job: Optional[int] = typer.Option(None, help="Only deliveries of this job."),
     destination: Optional[str] = typer.Option(None, help="Only deliveries to this destination."),
+    to: Optional[str] = typer.Option(
+        None, "--to", help="Send them to this configured destination instead (with --destination: a PACS replaced or renamed)."
+    ),
     include_sent: bool = typer.Option(False, "--all", help="Also re-send objects already delivered."),
     var_dir: Optional[Path] = typer.Option(None),
     database_url: Optional[str] = typer.Option(None, "--database"),
@@ -295,15 +298,31 @@ def resend(
     """Put dead-lettered deliveries back in the queue (a running node sends them within seconds)."""
     from ortho_node.db.engine import Database
     from ortho_node.pipeline.delivery import resend as resend_deliveries
+    from ortho_node.pipeline.delivery import retarget
 
     settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
-    if destination is not None and destination not in {d.name for d in settings.destinations}:
-        err_console.print(f"[red]unknown destination[/red] {destination!r}; configured: {[d.name for d in settings.destinations]}")
+    configured = [d.name for d in settings.destinations]
+    if to is not None and (destination is None or to not in configured or to == destination):
+        err_console.print(
+            f"[red]--to needs --destination (the old one) and another configured destination[/red]; configured: {configured}"
+        )
+        raise typer.Exit(2)
+    if to is None and destination is not None and destination not in configured:
+        err_console.print(
+            f"[red]unknown destination[/red] {destination!r}; configured: {configured} "
+            "(deliveries to a destination no longer configured: --destination OLD --to NEW)"
+        )
         raise typer.Exit(2)
     db = Database(settings.effective_database_url)
-    count = resend_deliveries(db, job_id=job, destination=destination, include_sent=include_sent)
-    db.dispose()
-    typer.echo(f"{count} deliveries queued again")
+    try:
+        if to is not None:
+            count = retarget(db, source=str(destination), target=to, job_id=job, include_sent=include_sent)
+            typer.echo(f"{count} deliveries moved from {destination} to {to} and queued")
+        else:
+            count = resend_deliveries(db, job_id=job, destination=destination, include_sent=include_sent)
+            typer.echo(f"{count} deliveries queued again")
+    finally:
+        db.dispose()
 
 
 @app.command()

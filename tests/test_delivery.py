@@ -7,6 +7,10 @@ network); the whole path through ``serve`` is covered by the end-to-end tests.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -16,10 +20,10 @@ from sqlalchemy import select
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.db.migrate import upgrade
-from ortho_node.db.models import Delivery, DeliveryState, Job, StoredResult, Study, utcnow
+from ortho_node.db.models import Delivery, DeliveryState, Job, JobEvent, StoredResult, Study, utcnow
 from ortho_node.ingest.part10 import read_part10_meta
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
-from ortho_node.pipeline.delivery import backoff, due_batches, resend, run_deliveries
+from ortho_node.pipeline.delivery import backoff, due_batches, resend, retarget, run_deliveries
 from ortho_node.pipeline.results_record import record_results
 from ortho_node.results import build_result_objects
 from ortho_node.status import collect_status
@@ -70,6 +74,13 @@ def prepare(settings: Settings, source, built) -> tuple[Database, int]:
 def deliveries(db: Database) -> list[Delivery]:
     with db.session() as session:
         return list(session.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def session_events(db: Database, job_id: int) -> list[JobEvent]:
+    with db.session() as session:
+        events = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+        session.expunge_all()
+        return events
 
 
 def result_uids_in(orthanc, study_uid: str) -> list[str]:
@@ -126,6 +137,81 @@ def test_destination_down_retries_then_dead_letters_and_resend_delivers_without_
     assert run_deliveries(db, settings, ids)["sent"] == len(ids)
     expected = sorted(str(o.dataset.SOPInstanceUID) for o in built)
     assert result_uids_in(orthanc, source.StudyInstanceUID) == expected, "re-sends leave one copy of each object"
+
+
+def _dead(db: Database) -> None:
+    with db.session() as session:
+        for row in session.scalars(select(Delivery)):
+            row.state, row.attempts, row.last_error = DeliveryState.DEAD.value, 3, "gave up after 3 attempts: refused"
+
+
+def test_dead_letters_of_a_replaced_pacs_go_to_its_successor(orthanc, knee_results, tmp_path):
+    # The hospital replaced its PACS: the old destination is gone from the config, its dead
+    # letters move to the new one and arrive there once.
+    study, source, built = knee_results
+    orthanc.upload(study.files[0].path)
+    old = {"kind": "dimse", "name": "old-pacs", "ae_title": "OLDPACS", "host": "127.0.0.1", "port": free_port()}
+    db, job_id = prepare(make_settings(tmp_path, [old], max_attempts=1), source, built)
+    ids = [d.id for d in deliveries(db)]
+    assert run_deliveries(db, make_settings(tmp_path, [old], max_attempts=1), ids)["dead"] == len(ids)
+
+    assert retarget(db, source="old-pacs", target="pacs") == len(ids)
+    rows = deliveries(db)
+    assert [r.id for r in rows] == ids, "the same rows, moved"
+    assert {(r.destination, r.state, r.attempts, r.last_error) for r in rows} == {("pacs", "pending", 0, None)}
+    events = [e.detail for e in session_events(db, job_id) if e.kind == "retarget"]
+    assert events == [f"{len(ids)} deliveries moved from destination 'old-pacs' to 'pacs'"]
+
+    settings = make_settings(tmp_path, [dimse_to(orthanc)])
+    assert run_deliveries(db, settings, ids)["sent"] == len(ids)
+    assert retarget(db, source="old-pacs", target="pacs") == 0, "nothing left to move"
+    assert result_uids_in(orthanc, source.StudyInstanceUID) == sorted(str(o.dataset.SOPInstanceUID) for o in built)
+
+
+def test_retarget_onto_a_destination_that_has_the_object_keeps_one_row(knee_results, tmp_path):
+    _, source, built = knee_results
+    both = [
+        {"kind": "dimse", "name": name, "ae_title": "X", "host": "127.0.0.1", "port": free_port()}
+        for name in ("old-pacs", "pacs")
+    ]
+    db, _ = prepare(make_settings(tmp_path, both), source, built)
+    _dead(db)
+    with db.session() as session:  # one object already reached the new PACS
+        first = session.scalars(select(Delivery).where(Delivery.destination == "pacs").order_by(Delivery.id)).first()
+        first.state = DeliveryState.SENT.value
+        sent_result = first.result_id
+    assert retarget(db, source="old-pacs", target="pacs") == len(built)
+    rows = deliveries(db)
+    assert {r.destination for r in rows} == {"pacs"} and len(rows) == len(built)
+    assert {r.result_id: r.state for r in rows} == {
+        r.result_id: ("sent" if r.result_id == sent_result else "pending") for r in rows
+    }, "delivered objects stay delivered unless --all"
+    with pytest.raises(ValueError, match="same destination"):
+        retarget(db, source="pacs", target="pacs")
+
+
+def test_resend_to_another_destination_from_the_command_line(knee_results, tmp_path):
+    _, source, built = knee_results
+    old = {"kind": "dimse", "name": "old-pacs", "ae_title": "X", "host": "127.0.0.1", "port": free_port()}
+    new = {**old, "name": "pacs", "port": free_port()}
+    db, _ = prepare(make_settings(tmp_path, [old]), source, built)
+    _dead(db)
+    config = tmp_path / "node.yaml"
+    config.write_text(json.dumps({"var_dir": str(tmp_path / "var"), "destinations": [new]}))
+    cli = [sys.executable, "-m", "ortho_node.cli", "--config", str(config), "resend"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_")}
+        return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=120, env=env)
+
+    unknown = run("--destination", "old-pacs")
+    assert unknown.returncode == 2 and "--destination OLD --to NEW" in unknown.stderr
+    assert run("--to", "pacs").returncode == 2, "--to needs the old destination"
+    assert run("--destination", "old-pacs", "--to", "nowhere").returncode == 2
+    moved = run("--destination", "old-pacs", "--to", "pacs")
+    assert moved.returncode == 0, moved.stderr
+    assert f"{len(built)} deliveries moved from old-pacs to pacs" in moved.stdout
+    assert {(r.destination, r.state) for r in deliveries(db)} == {("pacs", "pending")}
 
 
 def test_permanent_refusal_is_dead_lettered_at_once(knee_results, tmp_path):

@@ -8,7 +8,8 @@ batch over one association or request, and records each object's outcome:
 - sent;
 - a transient failure: back to pending with exponential backoff (``delivery.backoff_*``);
 - a permanent failure, or ``delivery.max_attempts`` reached: ``dead`` (shown by ``status``;
-  ``ortho-node resend`` puts dead rows back to pending).
+  ``ortho-node resend`` puts dead rows back to pending, ``resend --destination OLD --to NEW``
+  moves them to another destination).
 
 Result UIDs are deterministic, so a re-send delivers the same objects again and the PACS keeps
 one copy.
@@ -27,7 +28,7 @@ from sqlalchemy import or_, select, update
 
 from ortho_node.config import DimseDestination, Settings, StowDestination
 from ortho_node.db.engine import Database
-from ortho_node.db.models import Delivery, DeliveryState, StoredResult, utcnow
+from ortho_node.db.models import Delivery, DeliveryState, JobEvent, StoredResult, utcnow
 from ortho_node.dimse.scu import DestinationUnavailable, SendOutcome, send_files
 from ortho_node.pipeline.stow import store_files
 
@@ -223,6 +224,56 @@ def requeue_stale_sending(db: Database, *, max_attempts: int, now: dt.datetime |
         if dead.rowcount:
             log.error("%d deliveries dead-lettered: their worker was lost during the last attempt", dead.rowcount)
         return (dead.rowcount or 0) + (moved.rowcount or 0)
+
+
+def retarget(
+    db: Database, *, source: str, target: str, job_id: int | None = None, include_sent: bool = False
+) -> int:
+    """Move dead (and with ``include_sent`` also sent) deliveries from destination ``source`` to
+    ``target``, pending and due now: a PACS replaced or renamed in the configuration. Returns
+    how many deliveries were taken from ``source``.
+
+    Each moved row keeps its history in the job's events ("retarget"). A result object that has
+    a delivery to ``target`` already keeps that one, put back to pending if it is dead (or sent,
+    with ``include_sent``); its row for ``source`` is then dropped, as a move would make two
+    rows for one object and one destination.
+    """
+    if source == target:
+        raise ValueError(f"source and target are the same destination ({source!r})")
+    states = [DeliveryState.DEAD.value] + ([DeliveryState.SENT.value] if include_sent else [])
+    query = select(Delivery).where(Delivery.destination == source, Delivery.state.in_(states))
+    if job_id is not None:
+        query = query.where(Delivery.job_id == job_id)
+    pending = {"state": DeliveryState.PENDING.value, "attempts": 0, "published_at": None, "last_error": None}
+    moved_per_job: dict[int, int] = defaultdict(int)
+    with db.session() as session:
+        rows = list(session.scalars(query.with_for_update()))
+        existing = {
+            row.result_id: row
+            for row in session.scalars(
+                select(Delivery).where(Delivery.destination == target, Delivery.result_id.in_([r.result_id for r in rows]))
+            )
+        } if rows else {}
+        now = utcnow()
+        for row in rows:
+            twin = existing.get(row.result_id)
+            if twin is None:
+                row.destination = target
+                twin = row
+            else:
+                session.delete(row)
+            if twin.state in states or twin is row:
+                for key, value in pending.items():
+                    setattr(twin, key, value)
+                twin.next_attempt_at = now
+            moved_per_job[row.job_id] += 1
+        for moved_job, count in moved_per_job.items():
+            session.add(JobEvent(
+                job_id=moved_job, kind="retarget",
+                detail=f"{count} deliveries moved from destination {source!r} to {target!r}",
+            ))
+    log.info("%d deliveries moved from destination %r to %r", sum(moved_per_job.values()), source, target)
+    return sum(moved_per_job.values())
 
 
 def resend(
