@@ -4,9 +4,15 @@ a Unix socket (ortho_node.model.engine_server / engine_client), and its place in
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import multiprocessing
+import os
+import signal
 import socket
 import struct
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +25,7 @@ from ortho_node.db.models import JobState
 from ortho_node.model.bundle import LoadedBundle, load_bundle
 from ortho_node.model.engine import EngineClosedError, InferenceEngine
 from ortho_node.model.engine_client import EngineMismatchError, RemoteEngine
-from ortho_node.model.engine_server import EngineServer, EngineServerOptions, start_engine_process
+from ortho_node.model.engine_server import EngineServer, EngineServerOptions, serve_until_stopped, start_engine_process
 from ortho_node.model.engine_wire import receive_message, send_message
 from ortho_node.model.study import StudyAnalyser
 from ortho_node.phantoms import write_knee_study
@@ -27,6 +33,13 @@ from ortho_node.pipeline.errors import TransientJobError
 from ortho_node.pipeline.jobs import ClaimedJob, JobInstance
 from ortho_node.pipeline.process import AnalyseStudyStep
 from ortho_node.db.engine import Database
+from ortho_node.db.migrate import upgrade
+from ortho_node.db.models import Job, Study
+from ortho_node.pipeline.celery_app import NodeCelery, build_analysis_step
+from ortho_node.pipeline.context import WorkerContext
+from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
+from ortho_node.pipeline.shared_engine import SharedEngine, engine_socket_path
+from celery.exceptions import Retry
 from ortho_node.store import InstanceStore
 from tests.infer_support import INPUT_SIZE, fixture_bundle_dir, small_xray, write_fixture_bundle, xray_study
 from tests.support.peers import storescu
@@ -245,14 +258,15 @@ def test_a_client_loads_the_heads_without_the_encoders_weights(bundle, served) -
 def test_a_message_larger_than_any_request_is_refused_before_it_is_read(bundle, served) -> None:
     # 4096 images of the bundle's size is the most one request may hold; a message announcing
     # more is dropped at its prefix, before the server allocates anything for it.
-    too_big = 4096 * 3 * INPUT_SIZE * INPUT_SIZE * 4 + 4
+    shape = [4097, 3, INPUT_SIZE, INPUT_SIZE]
+    too_big = math.prod(shape) * 4
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
         raw.settimeout(10)
         raw.connect(str(served.socket_path))
         assert receive_message(raw)[0]["kind"] == "hello"
-        header = b'{"kind":"encode","id":1,"tensors":[]}'
+        header = json.dumps({"kind": "encode", "id": 1, "tensors": [{"dtype": "float32", "shape": shape}]}).encode()
         raw.sendall(struct.pack("!IQ", len(header), too_big) + header)
-        assert receive_message(raw) is None
+        assert receive_message(raw) is None  # dropped at once: no wait for 600 MB that never come
 
 
 def test_engine_process_stops_while_forked_children_hold_its_pipe(tmp_path) -> None:
@@ -271,3 +285,98 @@ def test_engine_process_stops_while_forked_children_hold_its_pipe(tmp_path) -> N
     finally:
         child.kill()
         child.join()
+
+
+def test_a_late_answer_to_a_cancelled_request_leaves_the_others_alone(bundle, served) -> None:
+    # A study past its time limit cancels its requests; the engine answers them later anyway.
+    with RemoteEngine(bundle, served.socket_path) as client:
+        given_up = client.submit(images(1))
+        assert given_up.cancel()
+        other = client.submit(images(2, seed=4))
+        client.flush()
+        assert other.result(timeout=10).cls.shape[0] == 2
+        again = client.submit(images(1, seed=5))  # the connection survived the late answer
+        client.flush()
+        assert again.result(timeout=10).cls.shape[0] == 1
+
+
+def test_an_engine_that_closed_itself_ends_its_process_for_a_restart(bundle, tmp_path) -> None:
+    server = EngineServer(InferenceEngine(bundle, max_wait_ms=0, precision="fp32"), tmp_path / "engine.sock")
+    try:
+        server.engine.close()  # what the batching thread does when it fails unexpectedly
+        assert serve_until_stopped(server, [], threading.Event()) == 1
+    finally:
+        server.close()
+    server = EngineServer(InferenceEngine(bundle, max_wait_ms=0, precision="fp32"), tmp_path / "engine.sock")
+    try:
+        assert serve_until_stopped(server, [signal.SIGTERM], threading.Event()) == 0
+    finally:
+        server.close()
+
+
+def test_a_worker_child_started_while_the_engine_is_away_retries_its_job(tmp_path) -> None:
+    # A child built during an engine restart: its job goes back to the queue, not to failed.
+    settings = Settings(var_dir=tmp_path / "var", worker={"pool": "prefork", "shared_engine": True, "bundle": str(fixture_bundle_dir())})
+    settings.var_dir.mkdir(parents=True)
+    upgrade(settings.effective_database_url)
+    db = Database(settings.effective_database_url)
+    with db.session() as session:
+        study = Study(study_instance_uid="2.25.4321")
+        session.add(study)
+        session.flush()
+        job = Job(study_id=study.id, routing={"series": []})
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    app = NodeCelery(settings)
+    store = InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir)
+    app._context = WorkerContext(
+        settings=settings, db=db, store=store, build_step=build_analysis_step, engine_socket=tmp_path / "gone.sock"
+    )
+    with pytest.raises(Retry):
+        app.tasks[PROCESS_STUDY_TASK].apply(args=[job_id], throw=True)
+    with db.session() as session:
+        retried = session.get(Job, job_id)
+        assert retried.state == JobState.QUEUED.value, retried.reason
+        events = [(e.kind, e.detail) for e in retried.events]
+    assert ("retry", "the inference engine is not available: the shared inference engine cannot be reached: "
+            "[Errno 2] No such file or directory") in events
+
+
+def test_the_worker_restarts_an_engine_process_that_died(tmp_path) -> None:
+    settings = Settings(var_dir=tmp_path / "var", worker={"pool": "prefork", "shared_engine": True})
+    shared = SharedEngine(settings, fixture_bundle_dir())
+    shared.start()
+    try:
+        with StudyAnalyser.from_bundle_dir(fixture_bundle_dir(), engine_socket=shared.socket_path) as analyser:
+            first = shared.process
+            os.kill(first.process.pid, signal.SIGKILL)  # the OOM killer, say
+            first.process.join(10)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and (shared.process is first or not shared.process.alive):
+                time.sleep(0.5)
+            assert shared.process is not first and shared.process.alive, "restarted"
+            # The child's client connects again on its next request.
+            study = list(xray_study(seed=6).datasets)
+            findings = analyser.analyse(study, study_instance_uid=str(study[0].StudyInstanceUID))
+            assert findings.findings
+    finally:
+        shared.stop()
+    assert shared.process is None
+
+
+def test_engine_socket_goes_to_a_private_temporary_folder_when_the_var_dir_is_too_deep(tmp_path, monkeypatch) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    assert engine_socket_path(Settings(var_dir=tmp_path / "var"), 42) == (tmp_path / "var").resolve() / "run" / "engine-42.sock"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = engine_socket_path(Settings(var_dir=deep), 42)
+    assert path == tmp_path / "tmp" / f"ortho-node-{os.getuid()}" / "engine-42.sock"
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    # A folder planted as a link (to a folder of this user, private or not) is refused.
+    path.parent.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    path.parent.symlink_to(elsewhere)
+    with pytest.raises(RuntimeError, match="not a private folder of this user"):
+        engine_socket_path(Settings(var_dir=deep), 42)

@@ -147,3 +147,16 @@ def test_the_lease_is_renewed_only_when_due(settings: Settings, db: Database) ->
     assert lease.renew_if_due()
     with pytest.raises(ValueError):
         LeaseKeeper(db, job_id, interval_s=0)
+
+
+def test_the_serving_process_does_not_load_torch() -> None:
+    # serve publishes tasks through the Celery app; only workers need the model (and ~1 s and
+    # hundreds of MB for torch). The shared engine's modules must stay out of its imports.
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, ortho_node.cli, ortho_node.node, ortho_node.pipeline.celery_app, ortho_node.pipeline.outbox; "
+        "sys.exit(3 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], timeout=120).returncode == 0

@@ -14,6 +14,8 @@ connects again; the pipeline retries the jobs that failed so.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import itertools
 import logging
 import socket
@@ -91,7 +93,7 @@ class _Connection:
         except OSError:
             pass
         for future in [*pending, *waiters]:
-            if not future.done():
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # done or cancelled meanwhile
                 future.set_exception(EngineClosedError(reason))
 
     def _read(self) -> None:
@@ -117,14 +119,17 @@ class _Connection:
             future = self.pending.pop(header.get("id"), None)
         if future is None:
             raise WireError(f"an answer to no request ({kind!r})")
-        if kind == "encoded" and len(tensors) == 2:
-            rows, columns = header["grid"]
-            future.set_result(EncoderOutput(cls=tensors[0], patches=tensors[1], grid=(int(rows), int(columns))))
-        elif kind == "failed":
-            error = _ERRORS.get(header.get("error"), EncodingError)
-            future.set_exception(error(str(header.get("message", ""))))
-        else:
-            future.set_exception(EncodingError(f"unexpected answer from the shared engine ({kind!r})"))
+        try:
+            if kind == "encoded" and len(tensors) == 2:
+                rows, columns = header["grid"]
+                future.set_result(EncoderOutput(cls=tensors[0], patches=tensors[1], grid=(int(rows), int(columns))))
+            elif kind == "failed":
+                error = _ERRORS.get(header.get("error"), EncodingError)
+                future.set_exception(error(str(header.get("message", ""))))
+            else:
+                future.set_exception(EncodingError(f"unexpected answer from the shared engine ({kind!r})"))
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled: its caller gave up waiting (the study's time limit), the answer came late
 
 
 def _check_same_model(hello: dict[str, Any], bundle: LoadedBundle) -> None:
@@ -159,8 +164,9 @@ class RemoteEngine:
     ------
     EngineMismatchError
         The engine serves other weights or another input size.
-    OSError, WireError
-        Nothing listens on ``socket_path``, or it does not speak the engine's protocol.
+    EngineClosedError
+        Nothing listens on ``socket_path`` (the engine is starting or restarting), or it does
+        not speak the engine's protocol.
     """
 
     def __init__(self, bundle: LoadedBundle, socket_path: str | Path, *, connect_timeout_s: float = 10.0) -> None:
@@ -172,7 +178,10 @@ class RemoteEngine:
         self._ids = itertools.count()
         self._lock = threading.Lock()  # _connection, _closed
         self._closed = False
-        self._connection = _Connection(self._path, bundle, connect_timeout_s)
+        try:
+            self._connection = _Connection(self._path, bundle, connect_timeout_s)
+        except (OSError, WireError) as exc:  # not there yet, or restarting: the job can be retried
+            raise EngineClosedError(f"the shared inference engine cannot be reached: {exc}") from exc
         hello = self._connection.hello
         self._precision = Precision(hello["precision"])
         self._max_batch = int(hello["max_batch"])
@@ -251,7 +260,7 @@ class RemoteEngine:
         Raises
         ------
         EngineClosedError
-            The client is closed or the engine cannot be reached.
+            The client is closed, or the engine cannot be reached or does not answer in time.
         """
         try:
             connection = self._live_connection()
@@ -263,7 +272,10 @@ class RemoteEngine:
                 raise EngineClosedError("the shared inference engine went away")
             connection.stats_waiters.append(waiter)
         connection.send({"kind": "stats"})
-        values = waiter.result(timeout=timeout)
+        try:
+            values = waiter.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise EngineClosedError(f"the shared inference engine did not answer within {timeout:g} s") from None
         values["recent_batch_sizes"] = tuple(values["recent_batch_sizes"])
         values["recent_batch_requests"] = tuple(values["recent_batch_requests"])
         return EngineStats(**values)

@@ -27,6 +27,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -41,7 +42,7 @@ from ortho_node.model.encoder import EncoderOutput
 from ortho_node.model.engine import MAX_REQUEST_IMAGES, InferenceEngine
 from ortho_node.model.engine_wire import WireError, receive_message, send_message
 
-__all__ = ["EngineProcess", "EngineServer", "EngineServerOptions", "start_engine_process"]
+__all__ = ["EngineProcess", "EngineServer", "EngineServerOptions", "serve_until_stopped", "start_engine_process"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class EngineServer:
         self._listener.listen(64)
         self._closed = threading.Event()
         self._connections: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._hello = _hello(engine)
         # One request of the most images the engine takes, in float32: what a client may make us allocate.
@@ -90,21 +92,25 @@ class EngineServer:
         return self._engine
 
     def close(self) -> None:
-        """Stop serving: no new connections, current ones closed, the engine closed."""
+        """Stop serving: no new connections; the engine finishes what is queued and its answers
+        go out; then the connections close."""
         if self._closed.is_set():
             return
         self._closed.set()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+        self._engine.close()  # requests arriving meanwhile fail with EngineClosedError, answered too
         with self._lock:
             connections = list(self._connections)
         for connection in connections:
+            # The reading side only: each reader ends, and its writer sends what is queued, then stops.
             with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        self._engine.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._path.unlink()
+                connection.shutdown(socket.SHUT_RD)
+        for thread in list(self._threads):
+            thread.join(timeout=10)
 
     def __enter__(self) -> "EngineServer":
         return self
@@ -122,9 +128,11 @@ class EngineServer:
                 log.exception("shared inference engine: accepting a connection failed")
                 time.sleep(0.1)
                 continue
+            thread = threading.Thread(target=self._serve, args=(connection,), name="ortho-engine-client", daemon=True)
             with self._lock:
                 self._connections.add(connection)
-            threading.Thread(target=self._serve, args=(connection,), name="ortho-engine-client", daemon=True).start()
+                self._threads.add(thread)
+            thread.start()
 
     def _serve(self, connection: socket.socket) -> None:
         answers: queue.SimpleQueue[tuple[dict[str, Any], list[torch.Tensor]] | None] = queue.SimpleQueue()
@@ -145,6 +153,7 @@ class EngineServer:
             writer.join()
             with self._lock:
                 self._connections.discard(connection)
+                self._threads.discard(threading.current_thread())
             connection.close()
 
     def _handle(self, header: dict[str, Any], tensors: list[torch.Tensor], answers: queue.SimpleQueue) -> None:
@@ -189,8 +198,11 @@ def _write(connection: socket.socket, answers: queue.SimpleQueue) -> None:
     while (answer := answers.get()) is not None:
         try:
             send_message(connection, *answer)
-        except OSError:
-            return  # the reader sees the connection end too, and cleans up
+        except Exception:  # noqa: BLE001 - no answer can follow: end the connection, the client fails what waits
+            log.warning("shared inference engine: cannot answer a client; closing its connection", exc_info=True)
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            return
 
 
 # --------------------------------------------------------------------------- the engine process
@@ -304,10 +316,22 @@ def _engine_main(options: EngineServerOptions, lifeline: Connection, ready: Conn
     ready.close()
     parent_gone = threading.Event()
     threading.Thread(target=_await_end, args=(lifeline, parent_gone), daemon=True).start()
-    while not terminated and not parent_gone.wait(0.5):
-        pass
-    log.info("shared inference engine stopping")
+    code = serve_until_stopped(server, terminated, parent_gone)
     server.close()
+    if code:
+        sys.exit(code)
+
+
+def serve_until_stopped(server: EngineServer, terminated: list[int], parent_gone: threading.Event) -> int:
+    """Wait for SIGTERM (noted in ``terminated``) or the parent's end: 0; or for the engine to
+    close itself (its batching thread failed): 1, so that the worker's watcher restarts the
+    process instead of keeping an engine that fails every request."""
+    while not terminated and not parent_gone.wait(0.5):
+        if server.engine.closed:
+            log.error("shared inference engine closed itself; exiting so that it is restarted")
+            return 1
+    log.info("shared inference engine stopping")
+    return 0
 
 
 def _await_end(lifeline: Connection, parent_gone: threading.Event) -> None:

@@ -14,6 +14,7 @@ socket file is private to the node's user), so there is no authentication on the
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ _PREFIX = struct.Struct("!IQ")
 _MAX_HEADER_BYTES = 1 << 16
 _MAX_PAYLOAD_BYTES = 1 << 33  # 8 GiB: far above the largest request the engine accepts (4096 images)
 _DTYPES = {"float32": torch.float32}
+_MAX_DIMENSIONS = 8
 
 
 class WireError(ConnectionError):
@@ -88,10 +90,12 @@ def receive_message(
         specs = header.pop("tensors")
         shapes = [tuple(int(n) for n in spec["shape"]) for spec in specs]
         dtypes = [_DTYPES[spec["dtype"]] for spec in specs]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise WireError(f"malformed message header ({type(exc).__name__})") from None
-    sizes = [torch.Size(shape).numel() * 4 for shape in shapes]
-    if sum(sizes) != payload_size or any(n < 0 for shape in shapes for n in shape):
+    if any(len(shape) > _MAX_DIMENSIONS or any(not 0 <= n <= payload_size for n in shape) for shape in shapes):
+        raise WireError("the message's tensors do not match its payload")
+    sizes = [math.prod(shape) * 4 for shape in shapes]  # Python integers: no overflow
+    if sum(sizes) != payload_size:
         raise WireError("the message's tensors do not match its payload")
     payload = _receive_exactly(sock, payload_size) if payload_size else bytearray()
     tensors, offset = [], 0

@@ -11,10 +11,10 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import worker_init, worker_process_shutdown, worker_shutdown, worker_shutting_down
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
@@ -24,8 +24,10 @@ from ortho_node.pipeline.context import JobStep, WorkerContext
 from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
 from ortho_node.pipeline.delivery import DELIVER_TASK, pending_for_job, run_deliveries
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
-from ortho_node.pipeline.shared_engine import SharedEngine
 from ortho_node.store import InstanceStore
+
+if TYPE_CHECKING:  # torch loads in workers only, not in serve, which publishes tasks
+    from ortho_node.pipeline.shared_engine import SharedEngine
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class NodeCelery(Celery):
         # worker_init and worker_shutdown fire in the worker itself (before the pool forks, after
         # it stopped), worker_process_shutdown in prefork children.
         worker_init.connect(self._on_worker_init, weak=False)
+        worker_shutting_down.connect(lambda **_: self._shared_engine and self._shared_engine.shutting_down(), weak=False)
         worker_shutdown.connect(lambda **_: self._on_worker_shutdown(), weak=False)
         worker_process_shutdown.connect(lambda **_: self.close_worker_context(), weak=False)
 
@@ -86,6 +89,7 @@ class NodeCelery(Celery):
         if getattr(sender, "app", self) is not self or not self.settings.worker.shared_engine:
             return
         from ortho_node.model.study import default_bundle_dir
+        from ortho_node.pipeline.shared_engine import SharedEngine
 
         engine = SharedEngine(self.settings, self.settings.worker.bundle or default_bundle_dir())
         engine.start()  # a failure stops the worker before any child runs a job
@@ -173,12 +177,16 @@ def register_tasks(app: NodeCelery) -> None:
     )
     def process_study(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
         """Run one job: claim it, process it, record done/failed. Returns the outcome."""
+        from ortho_node.model.engine import EngineClosedError
+
         context = self.app.worker_context()
         try:
             # The model loads (and compiles: minutes) before the job is claimed, so that its
             # lease does not run out meanwhile (a duplicate message, skipped below, may thus
             # load a model once per process); a failure to load fails the claimed job below.
             step = context.step()
+        except EngineClosedError as exc:  # the shared engine (re)starting: not the job's fault
+            step = _raising(TransientJobError(f"the inference engine is not available: {exc}"))
         except Exception as exc:  # noqa: BLE001 - recorded on the job once it is claimed
             step = _raising(exc)
         job = jobs.claim(context.db, job_id)

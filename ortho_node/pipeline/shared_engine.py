@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -34,9 +35,15 @@ def engine_socket_path(settings: Settings, worker_pid: int) -> Path:
         return preferred
     private = Path(tempfile.gettempdir()) / f"ortho-node-{os.getuid()}"
     private.mkdir(mode=0o700, exist_ok=True)
-    if private.stat().st_uid != os.getuid() or private.stat().st_mode & 0o077:
-        raise RuntimeError(f"{private} belongs to another user or is open to others: cannot put the engine's socket there")
-    return private / f"engine-{worker_pid}.sock"
+    info = private.lstat()  # not stat(): a symbolic link planted there must not be followed
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RuntimeError(
+            f"{private} is not a private folder of this user: cannot put the engine's socket there"
+        )
+    path = private / f"engine-{worker_pid}.sock"
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise RuntimeError(f"no socket path short enough for the shared engine (TMPDIR {tempfile.gettempdir()!r} is too long)")
+    return path
 
 
 class SharedEngine:
@@ -56,8 +63,14 @@ class SharedEngine:
             log_level=settings.log_level,
         )
         self._process: EngineProcess | None = None
+        self._lock = threading.Lock()  # _process, between a restart and stop()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+
+    @property
+    def process(self) -> EngineProcess | None:
+        """The engine process now (a new one after a restart); None once stopped."""
+        return self._process
 
     def start(self) -> None:
         """Start the engine and wait until it serves (raises what kept it from starting)."""
@@ -66,13 +79,16 @@ class SharedEngine:
         self._watcher = threading.Thread(target=self._watch, name="ortho-engine-watch", daemon=True)
         self._watcher.start()
 
+    def shutting_down(self) -> None:
+        """The worker is shutting down: an engine exiting now is not restarted."""
+        self._stopping.set()
+
     def stop(self) -> None:
         self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=_RESTART_DELAY_S + 1)
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
+        with self._lock:  # a restart in progress finishes first, so its process is stopped too
+            process, self._process = self._process, None
+        if process is not None:
+            process.stop()
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):
@@ -82,7 +98,10 @@ class SharedEngine:
             log.error("shared inference engine exited (code %s); restarting it", process.process.exitcode)
             if self._stopping.wait(_RESTART_DELAY_S):
                 return
-            try:
-                self._process = start_engine_process(self._options)
-            except Exception:  # noqa: BLE001 - try again after the delay; jobs meanwhile fail transiently
-                log.exception("shared inference engine could not be restarted")
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self._process = start_engine_process(self._options)
+                except Exception:  # noqa: BLE001 - try again after the delay; jobs meanwhile fail transiently
+                    log.exception("shared inference engine could not be restarted")
