@@ -34,7 +34,7 @@ from ortho_node.pipeline.jobs import ClaimedJob, JobInstance
 from ortho_node.pipeline.process import AnalyseStudyStep
 from ortho_node.db.engine import Database
 from ortho_node.db.migrate import upgrade
-from ortho_node.db.models import Job, Study
+from ortho_node.db.models import Job
 from ortho_node.pipeline.celery_app import NodeCelery, build_analysis_step
 from ortho_node.pipeline.context import WorkerContext
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
@@ -42,6 +42,7 @@ from ortho_node.pipeline.shared_engine import SharedEngine, engine_socket_path
 from celery.exceptions import Retry
 from ortho_node.store import InstanceStore
 from tests.infer_support import INPUT_SIZE, fixture_bundle_dir, small_xray, write_fixture_bundle, xray_study
+from tests.support.index import queued_job
 from tests.support.peers import storescu
 
 
@@ -320,14 +321,7 @@ def test_a_worker_child_started_while_the_engine_is_away_retries_its_job(tmp_pat
     settings.var_dir.mkdir(parents=True)
     upgrade(settings.effective_database_url)
     db = Database(settings.effective_database_url)
-    with db.session() as session:
-        study = Study(study_instance_uid="2.25.4321")
-        session.add(study)
-        session.flush()
-        job = Job(study_id=study.id, routing={"series": []})
-        session.add(job)
-        session.flush()
-        job_id = job.id
+    job_id = queued_job(db)
     app = NodeCelery(settings)
     store = InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir)
     app._context = WorkerContext(

@@ -10,13 +10,14 @@ from sqlalchemy import select, update
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
-from ortho_node.db.models import Job, JobState, Study, utcnow
+from ortho_node.db.models import Job, JobState, utcnow
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
 from ortho_node.pipeline.celery_app import NodeCelery
 from ortho_node.pipeline.context import WorkerContext
 from ortho_node.pipeline.jobs import ClaimedJob, LeaseKeeper, claim
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
 from ortho_node.store import InstanceStore
+from tests.support.index import queued_job
 from tests.support.peers import storescu
 
 
@@ -57,17 +58,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(var_dir=tmp_path / "var")
 
 
-def _queued_job(db: Database) -> int:
-    with db.session() as session:
-        study = Study(study_instance_uid="2.25.1234")
-        session.add(study)
-        session.flush()
-        job = Job(study_id=study.id, routing={"series": []})
-        session.add(job)
-        session.flush()
-        return job.id
-
-
 def _job(db: Database, job_id: int) -> Job:
     with db.session() as session:
         job = session.scalar(select(Job).where(Job.id == job_id))
@@ -97,7 +87,7 @@ def test_each_app_keeps_its_own_tasks(tmp_path: Path, recwarn: pytest.WarningsRe
 
 
 def test_the_model_loads_before_the_job_is_claimed(settings: Settings, db: Database) -> None:
-    job_id = _queued_job(db)
+    job_id = queued_job(db)
     seen_while_loading = []
 
     def build(context: WorkerContext):
@@ -114,7 +104,7 @@ def test_the_model_loads_before_the_job_is_claimed(settings: Settings, db: Datab
 
 
 def test_a_model_that_fails_to_load_fails_the_claimed_job_once(settings: Settings, db: Database) -> None:
-    job_id = _queued_job(db)
+    job_id = queued_job(db)
 
     def build(context: WorkerContext):
         raise RuntimeError("weights unreadable")
@@ -127,7 +117,7 @@ def test_a_model_that_fails_to_load_fails_the_claimed_job_once(settings: Setting
 
 def test_the_lease_is_renewed_only_when_due(settings: Settings, db: Database) -> None:
     """A quick job writes no heartbeat after its claim; a slow one does, counted from the last."""
-    job_id = _queued_job(db)
+    job_id = queued_job(db)
     assert claim(db, job_id) is not None
     old = utcnow() - dt.timedelta(hours=1)
     with db.session() as session:
