@@ -54,8 +54,9 @@ class EngineServer:
 
     Each connection has a reading thread (requests go straight to ``engine.submit``) and a
     writing thread (answers leave in completion order), so a slow client never holds up the
-    engine's batching thread. :meth:`close` stops accepting, drops the connections and closes
-    the engine; a client then sees its pending requests fail.
+    engine's batching thread. :meth:`close` stops accepting, lets the engine finish what is
+    queued, sends those answers and then closes the connections; a client's later requests
+    fail until it connects to a new server.
     """
 
     def __init__(self, engine: InferenceEngine, socket_path: str | Path) -> None:
