@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -476,6 +477,52 @@ def test_report_content_is_its_own_and_copies_of_it_are_independent(mri: Case):
     assert len(sr.content[0].ContentSequence) == items
     again = build_result_objects(mri.findings, sources=mri.sources).sr
     assert again.ContentSequence == sr.ContentSequence, "building twice gives the same content"
+
+
+def _timeless(report: FindingsReport) -> bytes:
+    """The encoded report without the moments it was made (the only values two builds may not share)."""
+    for keyword in ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime"):
+        if keyword in report:
+            delattr(report, keyword)
+    for equipment in report.ContributingEquipmentSequence:
+        equipment.ContributionDateTime = ""
+    buffer = io.BytesIO()
+    report.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _referenced_instances(item) -> list[str]:
+    found = []
+    for child in item.get("ContentSequence", []):
+        found.extend(ref.ReferencedSOPInstanceUID for ref in child.get("ReferencedSOPSequence", []))
+        found.extend(_referenced_instances(child))
+    return found
+
+
+@pytest.mark.parametrize("case_name", [*CASES, "no_heatmap"])
+def test_bulk_items_joined_late_give_the_document_highdicom_builds_whole(case_name, request, monkeypatch):
+    """The library and the measurements' source images join after highdicom's constructor (it
+    would walk them twice); the document must be the one highdicom builds with them in place,
+    and every image it references must be in its evidence, as highdicom would have checked."""
+    if case_name == "no_heatmap":  # TID 1501 groups: source images on the group and its measurements
+        su = generate_uid()
+        dx = make_dx(su)
+        findings, sources = study(su, findings=(kl_finding(dx, region=None),)), [dx]
+    else:
+        case: Case = request.getfixturevalue(case_name)
+        findings, sources = case.findings, case.sources
+    late = FindingsReport.from_findings(findings, sources=sources, series_number=9900)
+    monkeypatch.setattr(FindingsReport, "_join_bulk_late", False)
+    whole = FindingsReport.from_findings(findings, sources=sources, series_number=9900)
+    assert _timeless(late) == _timeless(whole)
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for study_item in late.CurrentRequestedProcedureEvidenceSequence
+        for series in study_item.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    referenced = set(_referenced_instances(late))
+    assert referenced and referenced <= evidence
 
 
 # --- bad input -----------------------------------------------------------------------------

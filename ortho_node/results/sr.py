@@ -28,11 +28,13 @@ the model as (109102, DCM, "Processing Equipment") with its Device UID, ortho-no
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 import ortho_node
 from ortho_node.model.findings import Finding, HeadKind, ImageRef, ModelIdentity, StudyFindings, TaskOutcome
@@ -139,10 +141,37 @@ def _laterality_key(finding: Finding | TaskOutcome) -> str:
     return finding.laterality.value if finding.laterality is not None else "-"
 
 
+@dataclass(frozen=True)
+class _LateItems:
+    """Content items that join ``parent`` after highdicom's SR constructor has walked the tree
+    (:class:`FindingsReport` explains why); they go before the parent's first child named
+    ``before``, where highdicom's templates put them."""
+
+    parent: Dataset
+    items: tuple[Dataset, ...]
+    before: Code
+
+    def join(self) -> None:
+        content = self.parent.ContentSequence
+        position = next((i for i, child in enumerate(content) if _named(child, self.before)), None)
+        if position is None:
+            raise ValueError(f"no {self.before.meaning!r} item to put {len(self.items)} item(s) before")
+        for offset, item in enumerate(self.items):
+            content.insert(position + offset, item)
+
+
+def _named(item: Dataset, code: Code) -> bool:
+    name = item.ConceptNameCodeSequence[0]
+    return name.CodeValue == code.value and name.CodingSchemeDesignator == code.scheme_designator
+
+
 def finding_group(
-    finding: Finding, *, model: ModelIdentity, uids: ResultUIDs
+    finding: Finding, *, model: ModelIdentity, uids: ResultUIDs, late: list[_LateItems] | None = None
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The measurement group of one finding: TID 1410 with an ROI when it has a heatmap, else TID 1501."""
+    """The measurement group of one finding: TID 1410 with an ROI when it has a heatmap, else TID 1501.
+
+    With ``late``, each measurement's source images are left out and listed there, to join
+    the measurement later (:class:`_LateItems`); without it they are in place."""
     tracking = hd.sr.TrackingIdentifier(
         uid=uids.tracking("finding", finding.task, _laterality_key(finding)), identifier=finding_heading(finding)
     )
@@ -153,25 +182,22 @@ def finding_group(
         if finding.probability_concept is not None
         else oc.probability_concept(finding.task, finding.title)
     )
-    measurements = [
-        hd.sr.Measurement(
-            name=probability_name,
-            value=float(finding.probability),
+    values = [(probability_name, finding.probability)]
+    if finding.kind is HeadKind.BINARY and finding.positive_probability is not None:
+        values.append((oc.positive_probability_concept(finding.task, finding.title), finding.positive_probability))
+    measurements = []
+    for name, value in values:
+        sources = _image_items(finding.source_images, hd.sr.SourceImageForMeasurement)
+        measurement = hd.sr.Measurement(
+            name=name,
+            value=float(value),
             unit=oc.NO_UNITS,
             algorithm_id=algorithm_identification(model),
-            referenced_images=_image_items(finding.source_images, hd.sr.SourceImageForMeasurement),
+            referenced_images=sources if late is None else None,
         )
-    ]
-    if finding.kind is HeadKind.BINARY and finding.positive_probability is not None:
-        measurements.append(
-            hd.sr.Measurement(
-                name=oc.positive_probability_concept(finding.task, finding.title),
-                value=float(finding.positive_probability),
-                unit=oc.NO_UNITS,
-                algorithm_id=algorithm_identification(model),
-                referenced_images=_image_items(finding.source_images, hd.sr.SourceImageForMeasurement),
-            )
-        )
+        if late is not None:
+            late.append(_LateItems(measurement[0], tuple(sources), before=codes.DCM.AlgorithmName))
+        measurements.append(measurement)
     common = dict(
         tracking_identifier=tracking,
         finding_type=oc.coded(finding.finding_type),
@@ -289,6 +315,15 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
         missing, superfluous, of another study or the same object.
     """
 
+    _join_bulk_late: bool = True
+    """The image library and each measurement's source images join the content tree after
+    highdicom's constructor (:class:`_LateItems`), which walks the whole tree twice: it re-types
+    every item and, to check that each referenced image is among the evidence, builds a typed
+    item and a coded concept per node. Those images make ~2/3 of a 30-slice MRI report's
+    items; the report passes exactly the images it references as evidence, so the check has
+    nothing to find there. The document is byte for byte the one highdicom builds whole (a
+    test builds both); the MRI report builds in 0.05 s instead of 0.10 s."""
+
     def __init__(
         self,
         findings: StudyFindings,
@@ -320,7 +355,8 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
         # the others: one full header copy, identities for the rest (a 30-slice series' headers
         # cost more to deep-copy than the whole report to build).
         evidence = [index.header(images[0]), *(index.reference(uid) for uid in images[1:])]
-        groups = [finding_group(f, model=model, uids=uids) for f in findings.findings]
+        late: list[_LateItems] | None = [] if self._join_bulk_late else None
+        groups = [finding_group(f, model=model, uids=uids, late=late) for f in findings.findings]
         if not findings.in_scope:
             groups.append(
                 not_evaluated_group(
@@ -357,7 +393,14 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
             procedure_reported=[p.value for p in oc.ProcedureReported.for_modalities(modalities)],
             imaging_measurements=groups,
         )
-        _insert_before_measurements(report[0], image_library([_library_view(index.dataset(uid)) for uid in images]))
+        library = _LateItems(
+            report[0], (image_library([_library_view(index.dataset(uid)) for uid in images]),),
+            before=codes.DCM.ImagingMeasurements,
+        )
+        if late is None:
+            library.join()
+        else:
+            late.append(library)
         statements = _document_evaluations(findings)
         if statements is not None:
             report[0].ContentSequence.append(statements)
@@ -385,6 +428,8 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
         )
         if type(report[0]) is _HandedOverContent:  # not adopted in place (a future highdicom): plain again
             report[0].__class__ = hd.sr.ContainerContentItem
+        for items in late or ():
+            items.join()  # into the tree the document holds: highdicom re-types its items in place
         self.DeviceUID = model.device_uid
 
     @classmethod
@@ -455,20 +500,6 @@ def _check_predecessor(
         raise ValueError(
             f"predecessor is this very SR (revision {uids.revision}); a new version needs a higher revision"
         )
-
-
-def _insert_before_measurements(root: hd.sr.ContainerContentItem, item: hd.sr.ContentItem) -> None:
-    """Put ``item`` where TID 1500 row 5 (Image Library) goes: before row 6, Imaging Measurements."""
-    content = root.ContentSequence
-    position = next(
-        (i for i, child in enumerate(content)
-         if child.ValueType == "CONTAINER" and hd.sr.CodedConcept.from_dataset(child.ConceptNameCodeSequence[0])
-         == codes.DCM.ImagingMeasurements),
-        None,
-    )
-    if position is None:
-        raise ValueError("the report has no Imaging Measurements container to put the Image Library before")
-    content.insert(position, item)
 
 
 def _referenced_images(findings: StudyFindings) -> list[ImageRef]:
