@@ -8,7 +8,7 @@ import torch
 from tests.infer_support import INPUT_SIZE, fixture_bundle_dir
 
 from ortho_node.model.bundle import LoadedBundle, load_bundle
-from ortho_node.model.engine import EncodingError, EngineClosedError, InferenceEngine
+from ortho_node.model.engine import EncodingError, EngineClosedError, InferenceEngine, all_finite
 
 POISON = 7.0
 """Fault injection: an encoder hook fails every forward pass whose input holds this value."""
@@ -23,6 +23,13 @@ def image(seed: int) -> torch.Tensor:
     return torch.randn(3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(seed))
 
 
+def _with(tensor: torch.Tensor, index: tuple[int, ...], value: float) -> torch.Tensor:
+    """``tensor`` with one element set to ``value``: one bad pixel must be enough."""
+    tensor = tensor.clone()
+    tensor[index] = value
+    return tensor
+
+
 def reference(bundle: LoadedBundle, tensor: torch.Tensor) -> torch.Tensor:
     with InferenceEngine(bundle, max_wait_ms=0, precision="fp32") as engine:
         return engine.encode(tensor).cls
@@ -32,6 +39,9 @@ def reference(bundle: LoadedBundle, tensor: torch.Tensor) -> torch.Tensor:
     ("bad", "error", "message"),
     [
         (torch.full((3, INPUT_SIZE, INPUT_SIZE), float("nan")), ValueError, "NaN or infinite"),
+        (_with(image(2), (1, 5, 7), float("nan")), ValueError, "NaN or infinite"),
+        ([image(3), _with(image(4), (2, INPUT_SIZE - 1, 0), float("inf"))], ValueError, "NaN or infinite"),
+        (_with(image(5), (0, 0, 0), float("-inf")), ValueError, "NaN or infinite"),
         (torch.zeros(2, 3, 64, 64), ValueError, f"[n, 3, {INPUT_SIZE}, {INPUT_SIZE}]"),
         (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.int64), TypeError, "floating"),
         ("not a tensor", TypeError, "torch.Tensor"),
@@ -54,6 +64,15 @@ def test_bad_request_fails_only_its_future(
     assert stats.failed_requests == 1
     for tensor, result in zip(good, results):
         assert torch.equal(result, reference(bundle, tensor))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_all_finite_finds_one_bad_value_anywhere(dtype: torch.dtype) -> None:
+    clean = torch.randn(4, 3, 8, 8).to(dtype)
+    assert all_finite(clean) and all_finite(clean[:0])
+    for index in [(0, 0, 0, 0), (2, 1, 4, 5), (3, 2, 7, 7)]:
+        for value in (float("nan"), float("inf"), float("-inf")):
+            assert not all_finite(_with(clean, index, value)), (index, value)
 
 
 def test_failing_batch_is_rerun_one_by_one_to_isolate_the_culprit(bundle: LoadedBundle) -> None:
