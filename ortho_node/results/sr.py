@@ -144,18 +144,20 @@ def _laterality_key(finding: Finding | TaskOutcome) -> str:
 @dataclass(frozen=True)
 class _LateItems:
     """Content items that join ``parent`` after highdicom's SR constructor has walked the tree
-    (:class:`FindingsReport` explains why); they go before the parent's first child named
-    ``before``, where highdicom's templates put them."""
+    (:class:`FindingsReport` explains why): before the parent's first child named ``before``,
+    where highdicom's templates put them, or after its children when ``before`` is None."""
 
     parent: Dataset
     items: tuple[Dataset, ...]
-    before: Code
+    before: Code | None
 
     def join(self) -> None:
         content = self.parent.ContentSequence
-        position = next((i for i, child in enumerate(content) if _named(child, self.before)), None)
-        if position is None:
-            raise ValueError(f"no {self.before.meaning!r} item to put {len(self.items)} item(s) before")
+        position = len(content)
+        if self.before is not None:
+            position = next((i for i, child in enumerate(content) if _named(child, self.before)), -1)
+            if position < 0:
+                raise ValueError(f"no {self.before.meaning!r} item to put {len(self.items)} item(s) before")
         for offset, item in enumerate(self.items):
             content.insert(position + offset, item)
 
@@ -316,13 +318,15 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
     """
 
     _join_bulk_late: bool = True
-    """The image library and each measurement's source images join the content tree after
-    highdicom's constructor (:class:`_LateItems`), which walks the whole tree twice: it re-types
-    every item and, to check that each referenced image is among the evidence, builds a typed
-    item and a coded concept per node. Those images make ~2/3 of a 30-slice MRI report's
-    items; the report passes exactly the images it references as evidence, so the check has
-    nothing to find there. The document is byte for byte the one highdicom builds whole (a
-    test builds both); the MRI report builds in 0.05 s instead of 0.10 s."""
+    """Most of the content joins the tree after highdicom's constructor (:class:`_LateItems`):
+    the image library, the measurement groups (whose measurements also get their source
+    images after highdicom's group template has checked them). The constructor walks the
+    whole tree twice: it re-types every item and, to check that each referenced image is among
+    the evidence, builds a typed item and a coded concept per node (~0.1 ms each). Every item
+    is built by highdicom's templates and content item classes all the same, and the report
+    passes exactly the images it references as evidence, so the check has nothing to find. The
+    document is byte for byte the one highdicom builds whole (a test builds both); a 30-slice
+    MRI report builds in 0.06 s instead of 0.11 s, a radiograph's in 0.025 s instead of 0.037 s."""
 
     def __init__(
         self,
@@ -401,6 +405,9 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
             library.join()
         else:
             late.append(library)
+            container = next(c for c in report[0].ContentSequence if _named(c, codes.DCM.ImagingMeasurements))
+            late.append(_LateItems(container, tuple(container.ContentSequence), before=None))
+            container.ContentSequence = hd.sr.ContentSequence([])
         statements = _document_evaluations(findings)
         if statements is not None:
             report[0].ContentSequence.append(statements)
