@@ -525,6 +525,33 @@ def test_bulk_items_joined_late_give_the_document_highdicom_builds_whole(case_na
     assert referenced and referenced <= evidence
 
 
+def test_held_back_items_reach_the_document_when_highdicom_copies_the_content(xray: Case, monkeypatch):
+    """highdicom's constructor deep-copies the content it is given unless told it is handed
+    over; a highdicom that copied it anyway must still yield the whole document."""
+    import ortho_node.results.sr as sr_module
+
+    expected = _timeless(FindingsReport.from_findings(xray.findings, sources=xray.sources, series_number=9900))
+    monkeypatch.setattr(sr_module._HandedOverContent, "__deepcopy__", lambda self, memo: copy.deepcopy(Dataset(self), memo))
+    copied = FindingsReport.from_findings(xray.findings, sources=xray.sources, series_number=9900)
+    assert _timeless(copied) == expected
+
+
+def test_a_document_holding_another_tree_fails_loudly_instead_of_dropping_the_held_back_items(xray: Case, monkeypatch):
+    """Should the document end up holding a tree other than the one built, the held-back
+    items (library, measurement groups) would miss it: building must fail, not lose findings."""
+    adopt = hd.sr.Comprehensive3DSR.__init__
+
+    def adopt_a_copy(self, *args, **kwargs):
+        adopt(self, *args, **kwargs)
+        tree = copy.deepcopy(self.ContentSequence)
+        del self.ContentSequence  # a new element: the document no longer shares the root item's
+        self.ContentSequence = tree
+
+    monkeypatch.setattr(hd.sr.Comprehensive3DSR, "__init__", adopt_a_copy)
+    with pytest.raises(RuntimeError, match="did not adopt the content tree in place"):
+        FindingsReport.from_findings(xray.findings, sources=xray.sources, series_number=9900)
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 

@@ -435,8 +435,11 @@ class FindingsReport(hd.sr.Comprehensive3DSR):
         )
         if type(report[0]) is _HandedOverContent:  # not adopted in place (a future highdicom): plain again
             report[0].__class__ = hd.sr.ContainerContentItem
-        for items in late or ():
-            items.join()  # into the tree the document holds: highdicom re-types its items in place
+        if late is not None:
+            if self.ContentSequence is not report[0].ContentSequence:  # the document holds another tree
+                raise RuntimeError("highdicom did not adopt the content tree in place; the items held back cannot join it")
+            for items in late:
+                items.join()  # into the tree the document holds: highdicom re-types its items in place
         self.DeviceUID = model.device_uid
 
     @classmethod
