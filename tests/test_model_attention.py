@@ -1,5 +1,5 @@
-"""Attention with padded keys (the engine's bf16 CPU attention): the same attention, only the
-kernel's sequence length changes."""
+"""The engine's bf16 CPU attention: padded keys when eager (the same attention, only the
+kernel's sequence length changes), written out as matrix products when compiled."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ortho_node.model.attention import KEY_MULTIPLE, KeyPaddedAttention, padded_keys_attention
+from ortho_node.model.attention import KEY_MULTIPLE, KeyPaddedAttention, padded_keys_attention, written_out_attention
 from ortho_node.model.encoder import build_encoder
 
 
@@ -70,3 +70,45 @@ def test_encoder_attention_is_padded_only_in_bf16() -> None:
     assert bf16.patches.shape == reference.patches.shape and bf16.grid == reference.grid
     assert torch.allclose(bf16.patches.float(), reference.patches.float(), atol=5e-2)
     assert torch.allclose(bf16.cls.float(), fp32.cls, atol=5e-2)
+
+
+@pytest.mark.parametrize("length", [201, 69, 1])
+def test_written_out_attention_is_the_attention_in_fp32(length: int) -> None:
+    query, key, value = qkv(length, torch.float32, seed=2)
+    expected = F.scaled_dot_product_attention(query, key, value)
+    assert torch.allclose(written_out_attention(query, key, value), expected, atol=1e-5)
+
+
+def test_written_out_attention_in_bf16_stays_near_the_fp32_attention() -> None:
+    query, key, value = qkv(201, torch.bfloat16, seed=3)
+    expected = F.scaled_dot_product_attention(query.float(), key.float(), value.float())
+    written = written_out_attention(query, key, value)
+    assert written.dtype == torch.bfloat16
+    error = (written.float() - expected).abs()
+    # Probabilities rounded to bf16 before the second product, as autocast does: a few bf16 steps.
+    assert error.max() <= 2**-5 and error.mean() <= 2**-10
+
+
+def test_compiled_encoder_writes_bf16_attention_out_and_leaves_fp32_alone() -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder("ortho_vit_micro_patch16_dinov3", img_size=112).eval()
+    images = torch.randn(2, 3, 112, 112)
+    graphs: list[list[Any]] = []
+
+    def record(graph_module: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
+        graphs.append([node.target for node in graph_module.graph.nodes])
+        return graph_module.forward
+
+    compiled = torch.compile(KeyPaddedAttention(encoder), backend=record, dynamic=False)
+    with torch.inference_mode():
+        fp32 = compiled(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = compiled(images)
+            reference = encoder(images)
+    fp32_graph, bf16_graph = graphs
+    assert fp32_graph.count(F.scaled_dot_product_attention) == 4  # one per block, untouched
+    assert F.scaled_dot_product_attention not in bf16_graph
+    assert sum(target in ("softmax", torch.softmax, F.softmax) for target in bf16_graph) == 4
+    assert torch.allclose(fp32.cls, encoder(images).cls, atol=1e-6)
+    assert torch.allclose(bf16.patches.float(), reference.patches.float(), atol=5e-2)
+    torch._dynamo.reset()
