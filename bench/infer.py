@@ -65,6 +65,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from ortho_node.allocator import keep_freed_memory_for_reuse  # noqa: E402
 from ortho_node.model.bundle import Provenance, load_bundle, save_bundle  # noqa: E402
 from ortho_node.model.encoder import OrthoEncoder, build_encoder  # noqa: E402
 from ortho_node.model.engine import (  # noqa: E402
@@ -346,6 +347,7 @@ def _analyser(
     """A warm analyser, as a worker is before its first job: compiled (every batch bucket on a
     CPU, the one graph elsewhere) when ``compile``, and one study analysed. With
     ``engine_socket`` it encodes in that (already warm) engine process."""
+    keep_freed_memory_for_reuse()  # as the worker and `ortho-node infer` do
     if engine_socket is not None:
         analyser = StudyAnalyser.from_bundle_dir(bundle_dir, engine_socket=engine_socket)
     else:

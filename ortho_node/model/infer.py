@@ -148,9 +148,11 @@ def run_infer(
     BundleError
         The bundle is missing, invalid or has no trained head.
     """
+    from ortho_node.allocator import keep_freed_memory_for_reuse
     from ortho_node.model.study import StudyAnalyser
 
     found = paths if isinstance(paths, DicomStudies) else collect_studies(paths)
+    keep_freed_memory_for_reuse()
     with StudyAnalyser.from_bundle_dir(
         bundle_dir, device=device, max_batch=max_batch, max_wait_ms=max_wait_ms,
         precision=precision, compile=compile,

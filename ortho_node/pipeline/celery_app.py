@@ -117,10 +117,12 @@ class NodeCelery(Celery):
 
 def build_analysis_step(context: WorkerContext) -> JobStep:
     """The model-backed job step: loads the bundle once for this worker process."""
+    from ortho_node.allocator import keep_freed_memory_for_reuse
     from ortho_node.model.study import StudyAnalyser, default_bundle_dir
     from ortho_node.pipeline.process import AnalyseStudyStep
 
     worker = context.settings.worker
+    keep_freed_memory_for_reuse()  # this process prepares the images
     if worker.pool == "prefork":
         import torch
 
