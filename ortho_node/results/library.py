@@ -27,8 +27,13 @@ from pydicom.sr.codedict import codes
 # highdicom's own entry name (its ImageLibrary writes "Source", pydicom's codes.SCT.Source means "Source (attribute)").
 _SOURCE = hd.sr.CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
-_POSITION_NAMES = (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatientY, codes.DCM.ImagePositionPatientZ)
+# Coded concepts made once, as _SOURCE is: given a pydicom Code, highdicom converts it for every item.
+_POSITION_NAMES = tuple(
+    hd.sr.CodedConcept.from_code(code)
+    for code in (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatientY, codes.DCM.ImagePositionPatientZ)
+)
 _POSITION_CODES = tuple((name.value, name.scheme_designator) for name in _POSITION_NAMES)
+_MILLIMETRE = hd.sr.CodedConcept.from_code(codes.UCUM.Millimeter)
 _PER_IMAGE = frozenset({"SOPInstanceUID", "ImagePositionPatient"})
 
 
@@ -89,7 +94,7 @@ def _differs_only_in_position(image: Dataset, first: Dataset) -> bool:
 def _position_item(name: hd.sr.CodedConcept, value: float) -> hd.sr.NumContentItem:
     """A TID 1604 position descriptor, as :class:`~highdicom.sr.ImageLibraryEntryDescriptors` writes it."""
     return hd.sr.NumContentItem(
-        name=name, value=value, unit=codes.UCUM.Millimeter,
+        name=name, value=value, unit=_MILLIMETRE,
         relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
     )
 
