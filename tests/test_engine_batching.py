@@ -11,7 +11,7 @@ from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 from tests.infer_support import INPUT_SIZE, fixture_bundle_dir
 
-from ortho_node.model.attention import KeyPaddedAttention
+from ortho_node.model.attention import CpuBf16Attention
 from ortho_node.model.bundle import LoadedBundle, load_bundle
 from ortho_node.model.engine import (
     InferenceEngine,
@@ -184,7 +184,7 @@ def test_bf16_engine_runs_bf16_linear_weights_bit_identical_to_autocast(bundle: 
         }
     assert linear_dtypes == {torch.bfloat16}
     with torch.inference_mode(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        reference = KeyPaddedAttention(bundle.encoder)(batch)  # the engine's CPU bf16 attention
+        reference = CpuBf16Attention(bundle.encoder)(batch)  # the engine's CPU bf16 attention
     # Autocast casts the same float32 weights to the same bf16 values on every call.
     assert torch.equal(output.cls, reference.cls.float())
     assert torch.equal(output.patches, reference.patches.float())

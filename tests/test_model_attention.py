@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ortho_node.model.attention import KEY_MULTIPLE, KeyPaddedAttention, padded_keys_attention, written_out_attention
+from ortho_node.model.attention import KEY_MULTIPLE, CpuBf16Attention, padded_keys_attention, written_out_attention
 from ortho_node.model.encoder import build_encoder
 
 
@@ -55,7 +55,7 @@ def test_encoder_attention_is_padded_only_in_bf16() -> None:
     encoder = build_encoder("ortho_vit_micro_patch16_dinov3", img_size=112).eval()
     images = torch.randn(2, 3, 112, 112)
     tokens = 5 + (112 // 16) ** 2  # class token, four registers, 7 x 7 patches
-    wrapped = KeyPaddedAttention(encoder)
+    wrapped = CpuBf16Attention(encoder)
     with torch.inference_mode():
         with AttentionSpy() as spy:
             fp32 = wrapped(images)
@@ -99,7 +99,7 @@ def test_compiled_encoder_writes_bf16_attention_out_and_leaves_fp32_alone() -> N
         graphs.append([node.target for node in graph_module.graph.nodes])
         return graph_module.forward
 
-    compiled = torch.compile(KeyPaddedAttention(encoder), backend=record, dynamic=False)
+    compiled = torch.compile(CpuBf16Attention(encoder), backend=record, dynamic=False)
     with torch.inference_mode():
         fp32 = compiled(images)
         with torch.autocast("cpu", dtype=torch.bfloat16):

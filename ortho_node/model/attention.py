@@ -21,7 +21,7 @@ length:
 
 In fp32, and on CUDA, neither pays, and nothing is changed.
 
-:class:`KeyPaddedAttention` wraps an encoder; inside its forward a
+:class:`CpuBf16Attention` wraps an encoder; inside its forward a
 :class:`~torch.overrides.TorchFunctionMode` rewrites each
 ``F.scaled_dot_product_attention`` call that qualifies (CPU, bf16, no mask, not causal), so
 timm's attention code stays as it is. ``torch.compile`` traces through the mode.
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["KEY_MULTIPLE", "KeyPaddedAttention", "padded_keys_attention", "written_out_attention"]
+__all__ = ["KEY_MULTIPLE", "CpuBf16Attention", "padded_keys_attention", "written_out_attention"]
 
 KEY_MULTIPLE = 16
 """Key sequences are padded up to a multiple of this."""
@@ -78,7 +78,7 @@ def _qualifies(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     )
 
 
-class _CpuBf16Attention(TorchFunctionMode):
+class _RouteAttention(TorchFunctionMode):
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
@@ -91,7 +91,7 @@ class _CpuBf16Attention(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class KeyPaddedAttention(nn.Module):
+class CpuBf16Attention(nn.Module):
     """``module`` whose bf16 CPU attention runs with keys padded, or written out when compiled
     (see the module docstring).
 
@@ -107,5 +107,5 @@ class KeyPaddedAttention(nn.Module):
         self.module = module
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with _CpuBf16Attention():
+        with _RouteAttention():
             return self.module(*args, **kwargs)

@@ -56,7 +56,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch._inductor.config as inductor_config
 
-from ortho_node.model.attention import KeyPaddedAttention
+from ortho_node.model.attention import CpuBf16Attention
 from ortho_node.model.bundle import LoadedBundle
 from ortho_node.model.encoder import EncoderOutput
 
@@ -145,13 +145,13 @@ def inference_model(
     """The module the engine runs for ``encoder`` at a resolved ``precision`` on ``device``:
     the encoder itself in fp32; in bf16 a copy with bf16 linear weights
     (:func:`with_bf16_linear_weights`), on a CPU wrapped in
-    :class:`~ortho_node.model.attention.KeyPaddedAttention`."""
+    :class:`~ortho_node.model.attention.CpuBf16Attention`."""
     if precision is Precision.AUTO:
         raise ValueError("resolve the precision first (resolve_precision)")
     if precision is Precision.FP32:
         return encoder
     model = with_bf16_linear_weights(encoder)
-    return KeyPaddedAttention(model) if device.type == "cpu" else model
+    return CpuBf16Attention(model) if device.type == "cpu" else model
 
 
 _MAX_COMPILED_BATCH_SHAPES = 8
