@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import select  # noqa: E402
 
+from ortho_node.db.engine import Database  # noqa: E402
 from ortho_node.db.models import Delivery, Instance, Job, StoredResult, Study  # noqa: E402
 from ortho_node.model.bundle import Provenance, save_bundle  # noqa: E402
 from ortho_node.model.encoder import build_encoder  # noqa: E402
@@ -73,7 +74,7 @@ def _sent_by_kind(session, job_id: int) -> list[tuple[str, object]]:
     ).all()
 
 
-def timeline(db, study_uid: str) -> dict[str, float]:
+def timeline(db: Database, study_uid: str) -> dict[str, float]:
     with db.session() as s:
         study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one()
         last = max(s.scalars(select(Instance.received_at).where(Instance.study_id == study.id)))
@@ -99,7 +100,7 @@ def timeline(db, study_uid: str) -> dict[str, float]:
     }
 
 
-def wait_for_results(db, study_uid: str, timeout: float = 600) -> None:
+def wait_for_results(db: Database, study_uid: str, timeout: float = 600) -> None:
     """Until the study's job has finished and every result object of it is stored in Orthanc
     (the SR leaves during the job, the captures after it). The timeline comes from the node's
     own timestamps, so this polls gently: on a 2-core machine a tighter loop (it opened a new

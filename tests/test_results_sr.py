@@ -501,9 +501,10 @@ def _referenced_instances(item) -> list[str]:
 
 @pytest.mark.parametrize("case_name", [*CASES, "no_heatmap"])
 def test_bulk_items_joined_late_give_the_document_highdicom_builds_whole(case_name, request, monkeypatch):
-    """The library and the measurements' source images join after highdicom's constructor (it
-    would walk them twice); the document must be the one highdicom builds with them in place,
-    and every image it references must be in its evidence, as highdicom would have checked."""
+    """The library and the measurement groups join after highdicom's constructor (it would walk
+    them twice), the measurements' source images after the group template; the document must be
+    the one highdicom builds with them in place, and every image it references must be in its
+    evidence, as highdicom would have checked."""
     if case_name == "no_heatmap":  # TID 1501 groups: source images on the group and its measurements
         su = generate_uid()
         dx = make_dx(su)

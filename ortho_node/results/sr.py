@@ -164,7 +164,7 @@ class _LateItems:
 
 def _named(item: Dataset, code: Code) -> bool:
     name = item.ConceptNameCodeSequence[0]
-    return name.CodeValue == code.value and name.CodingSchemeDesignator == code.scheme_designator
+    return name.get("CodeValue") == code.value and name.get("CodingSchemeDesignator") == code.scheme_designator
 
 
 def finding_group(
