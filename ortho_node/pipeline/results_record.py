@@ -7,7 +7,6 @@ that supersedes one with results) has new UIDs and references its predecessor SR
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Delivery, DeliveryState, StoredResult, utcnow
 from ortho_node.results import PredecessorRef
+from ortho_node.results.encoding import encode_part10
 from ortho_node.store import InstanceStore
 
 
@@ -55,12 +55,6 @@ def previous_report(
         )
 
 
-def _encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def record_results(
     db: Database,
     settings: Settings,
@@ -85,7 +79,7 @@ def record_results(
         )
         if not store.absolute(relative).exists():
             store.put(
-                [_encode(dataset)],
+                [encode_part10(dataset)],
                 study_uid=dataset.StudyInstanceUID,
                 series_uid=dataset.SeriesInstanceUID,
                 sop_instance_uid=dataset.SOPInstanceUID,
