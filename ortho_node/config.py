@@ -248,6 +248,12 @@ class DeliverySettings(_Section):
     backoff_initial_s: float = Field(5.0, gt=0)
     backoff_max_s: float = Field(600.0, gt=0)
     include_key_objects: bool = False
+    association_idle_s: float = Field(
+        5.0,
+        ge=0,
+        description="keep a DIMSE association open this long after a batch for the next batch to the "
+        "same destination (as Orthanc's DicomAssociationCloseDelay); 0 releases it at once",
+    )
 
 
 class WorkerSettings(_Section):

@@ -138,7 +138,8 @@ def conformance_statement(settings: Settings) -> str:
         "",
         "Per result destination (`destinations`, kind `dimse`): the node associates with the"
         " destination's AE title, host and port (optionally DICOM TLS), proposes Explicit and"
-        " Implicit VR Little Endian for each result SOP class, and sends:",
+        " Implicit VR Little Endian for each of the result SOP classes below (whatever the batch"
+        " holds), and sends:",
         "",
         *_table(("SOP class", "UID", "when"), [(_name(u), u, when) for u, when in RESULT_SOP_CLASSES]),
         "",
@@ -157,6 +158,14 @@ def conformance_statement(settings: Settings) -> str:
         "",
         "Result objects are in the study of their source images, each kind in its own series;"
         " instances the node produced that come back to it are stored and never re-processed.",
+        "",
+        "A worker keeps an association open for `delivery.association_idle_s`"
+        f" ({settings.delivery.association_idle_s:g} s) after a batch and sends the next batch to"
+        " the same destination over it (a study's SR, then its captures; studies back to back), as"
+        " Orthanc's own SCU does (`DicomAssociationCloseDelay`), then releases it (A-RELEASE). An"
+        " association carries one batch at a time; one the destination closed meanwhile is replaced,"
+        " and a batch whose first request meets a closed association is sent again over a new one."
+        " `association_idle_s: 0` releases the association after every batch.",
         "",
         "The SCU's TCP connection has Nagle's algorithm off and, on Linux, acknowledges what it"
         " reads at once (TCP_QUICKACK), so a destination that writes its responses in pieces with"

@@ -1,4 +1,5 @@
-"""C-STORE SCU: send result objects to a PACS over one association per batch.
+"""C-STORE SCU: send result objects to a PACS over one association per batch (kept open for the
+next batch when the caller passes an ``AssociationPool``).
 
 Outcomes are per object: a PACS may accept the SR and refuse the SC. Errors are classified as
 *transient* (retry later: peer down, association rejected-transient, out of resources) or
@@ -24,8 +25,15 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    SecondaryCaptureImageStorage,
+)
 
 from ortho_node.config import DimseDestination
+from ortho_node.dimse.associations import AssociationPool
 from ortho_node.dimse.tcp import LOW_LATENCY_HANDLERS
 from ortho_node.ingest.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ortho_node.privacy import uid_ref
@@ -35,6 +43,12 @@ log = logging.getLogger(__name__)
 # Paths handed to send_c_store are streamed from the file, never decoded (this process only
 # sends files it wrote itself; datasets handed over as objects are encoded as before).
 _config.STORE_SEND_CHUNKED_DATASET = True
+
+# Every association proposes the classes of the node's result objects, whatever its batch holds,
+# so that one kept open after an SR can carry the captures and key objects after it.
+RESULT_SOP_CLASSES = frozenset(
+    str(uid) for uid in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage, KeyObjectSelectionDocumentStorage)
+)
 
 
 @dataclass(frozen=True)
@@ -95,11 +109,14 @@ def send_files(
     calling_ae_title: str,
     timeout_s: float = 60,
     on_outcome: Callable[[SendOutcome], None] | None = None,
+    associations: AssociationPool | None = None,
 ) -> list[SendOutcome]:
     """C-STORE each file to ``destination`` over one association.
 
     ``on_outcome`` is called as soon as each object's response arrives (so a crash mid-batch
-    does not forget what was already delivered).
+    does not forget what was already delivered). With ``associations`` the batch borrows an
+    idle association to the destination from the pool and leaves its own there afterwards;
+    without, it opens one and releases it.
 
     Raises
     ------
@@ -120,27 +137,42 @@ def send_files(
         except (OSError, InvalidDicomError) as exc:
             settle(unreadable(path, exc))
     if metas:
-        _send(destination, metas, calling_ae_title, timeout_s, settle)
+        sop_classes = sorted(RESULT_SOP_CLASSES | {str(meta.MediaStorageSOPClassUID) for meta in metas.values()})
+        key = (destination.model_dump_json(), destination.calling_ae_title or calling_ae_title, tuple(sop_classes))
+        borrowed = associations.take(key) if associations is not None else None
+        if borrowed is not None:
+            _send(borrowed, destination, metas, settle)
+            unsent = {path: meta for path, meta in metas.items() if path not in outcomes}
+            if borrowed.is_established or len(unsent) < len(metas):
+                _done_with(borrowed, key, associations)
+                metas = {}
+            else:  # closed by the PACS before our first request reached it: once more, anew
+                log.info("an idle association with %s was closed by the PACS; opening another", destination.name)
+                metas = unsent
+        if metas:
+            assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s)
+            _send(assoc, destination, metas, settle)
+            _done_with(assoc, key, associations)
     return [
         outcomes.get(path) or SendOutcome(path, ok=False, transient=True, detail="association lost before sending")
         for path in paths
     ]
 
 
-def _send(
-    destination: DimseDestination,
-    metas: dict[Path, FileMetaDataset],
-    calling_ae_title: str,
-    timeout_s: float,
-    settle: Callable[[SendOutcome], None],
-) -> None:
-    """C-STORE the files of ``metas`` over one association, settling each as its response
-    arrives; files left unsettled when the association is lost are the caller's."""
+def _done_with(assoc: Association, key: tuple, associations: AssociationPool | None) -> None:
+    if associations is not None:
+        associations.give_back(key, assoc)
+    elif assoc.is_established:
+        assoc.release()
+
+
+def _associate(destination: DimseDestination, sop_classes: Sequence[str], calling_ae_title: str, timeout_s: float) -> Association:
+    """An established association proposing ``sop_classes`` (Explicit, then Implicit VR Little Endian)."""
     ae = AE(ae_title=destination.calling_ae_title or calling_ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    for sop_class in sorted({str(meta.MediaStorageSOPClassUID) for meta in metas.values()}):
+    for sop_class in sop_classes:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(
         destination.host,
@@ -155,30 +187,38 @@ def _send(
         raise DestinationUnavailable(f"association rejected by {destination.name}", transient=transient)
     if not assoc.is_established:
         raise DestinationUnavailable(f"cannot associate with {destination.name} at {destination.host}:{destination.port}")
+    return assoc
+
+
+def _send(
+    assoc: Association,
+    destination: DimseDestination,
+    metas: dict[Path, FileMetaDataset],
+    settle: Callable[[SendOutcome], None],
+) -> None:
+    """C-STORE the files of ``metas`` over ``assoc``, settling each as its response arrives;
+    files left unsettled when the association is lost are the caller's."""
     accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
-    try:
-        for path, meta in metas.items():
-            as_stored = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)) in accepted
-            try:
-                response = assoc.send_c_store(path if as_stored else pydicom.dcmread(path))
-            except (OSError, InvalidDicomError) as exc:  # the copy to convert cannot be read
-                settle(unreadable(path, exc))
-                continue
-            except ValueError as exc:  # no accepted presentation context for this SOP class
-                settle(SendOutcome(path, ok=False, transient=False, detail=f"not accepted by the PACS: {exc}"))
-                continue
-            except RuntimeError:  # the peer aborted or dropped the association mid-batch
+    for path, meta in metas.items():
+        as_stored = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)) in accepted
+        try:
+            response = assoc.send_c_store(path if as_stored else pydicom.dcmread(path))
+        except (OSError, InvalidDicomError) as exc:  # the copy to convert cannot be read
+            settle(unreadable(path, exc))
+            continue
+        except ValueError as exc:  # no accepted presentation context for this SOP class
+            settle(SendOutcome(path, ok=False, transient=False, detail=f"not accepted by the PACS: {exc}"))
+            continue
+        except RuntimeError:  # the peer aborted or dropped the association mid-batch
+            log.warning("association with %s lost during a C-STORE", destination.name)
+            break
+        if not response or "Status" not in response:
+            if not assoc.is_established:  # aborted: what is left is the caller's
                 log.warning("association with %s lost during a C-STORE", destination.name)
                 break
-            if not response or "Status" not in response:
-                settle(SendOutcome(path, ok=False, transient=True, detail="no C-STORE response (timeout or abort)"))
-                if not assoc.is_established:
-                    break
-                continue
-            outcome = _status_outcome(path, int(response.Status))
-            if not outcome.ok:
-                log.warning("C-STORE of %s to %s: %s", uid_ref(str(meta.MediaStorageSOPInstanceUID)), destination.name, outcome.detail)
-            settle(outcome)
-    finally:
-        if assoc.is_established:
-            assoc.release()
+            settle(SendOutcome(path, ok=False, transient=True, detail="no C-STORE response (timeout or abort)"))
+            continue
+        outcome = _status_outcome(path, int(response.Status))
+        if not outcome.ok:
+            log.warning("C-STORE of %s to %s: %s", uid_ref(str(meta.MediaStorageSOPInstanceUID)), destination.name, outcome.detail)
+        settle(outcome)

@@ -137,14 +137,14 @@ def build_analysis_step(context: WorkerContext) -> JobStep:
         compile=worker.compile,
         precision=worker.precision,
     )
-    db, settings = context.db, context.settings
+    db, settings, associations = context.db, context.settings, context.associations
     return AnalyseStudyStep(
         settings=settings,
         db=db,
         store=context.store,
         analyser=analyser,
         # The SR leaves as soon as it is recorded, before the captures are rendered.
-        deliver_now=lambda job_id: run_deliveries(db, settings, pending_for_job(db, job_id)),
+        deliver_now=lambda job_id: run_deliveries(db, settings, pending_for_job(db, job_id), associations=associations),
     )
 
 
@@ -213,11 +213,11 @@ def register_tasks(app: NodeCelery) -> None:
         # First delivery attempt of the rest (the SR went during the step) right here, in the
         # same worker: no second trip through the broker. Retries, backoff and dead letters
         # stay with the outbox (delivery.py).
-        run_deliveries(context.db, context.settings, pending_for_job(context.db, job_id))
+        run_deliveries(context.db, context.settings, pending_for_job(context.db, job_id), associations=context.associations)
         return "done"
 
     @app.task(name=DELIVER_TASK, bind=True, acks_late=True, shared=False)
     def deliver(self, delivery_ids: list[int]) -> dict:  # type: ignore[no-untyped-def]
         """Send a batch of result objects to one destination; outcomes are recorded per row."""
         context = self.app.worker_context()
-        return run_deliveries(context.db, context.settings, delivery_ids)
+        return run_deliveries(context.db, context.settings, delivery_ids, associations=context.associations)

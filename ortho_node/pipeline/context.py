@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
+from ortho_node.dimse.associations import AssociationPool
 from ortho_node.pipeline.jobs import ClaimedJob
 from ortho_node.store import InstanceStore
 
@@ -26,8 +27,12 @@ class WorkerContext:
     store: InstanceStore
     build_step: Callable[["WorkerContext"], JobStep]
     engine_socket: Path | None = None  # the worker's shared engine (prefork with worker.shared_engine)
+    associations: AssociationPool = field(init=False)  # DIMSE associations kept open between deliveries
     _step: JobStep | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self.associations = AssociationPool(self.settings.delivery.association_idle_s)
 
     def step(self) -> JobStep:
         with self._lock:
@@ -36,10 +41,11 @@ class WorkerContext:
             return self._step
 
     def close(self) -> None:
-        """Release what the step holds (the model engine) and the database pool."""
+        """Release what the step holds (the model engine), idle associations and the database pool."""
         with self._lock:
             close = getattr(self._step, "close", None)
             if close is not None:
                 close()
             self._step = None
+        self.associations.close()
         self.db.dispose()

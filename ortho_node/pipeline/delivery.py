@@ -29,6 +29,7 @@ from sqlalchemy import or_, select, update
 from ortho_node.config import DimseDestination, Settings, StowDestination
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Delivery, DeliveryState, JobEvent, StoredResult, utcnow
+from ortho_node.dimse.associations import AssociationPool
 from ortho_node.dimse.scu import DestinationUnavailable, SendOutcome, send_files
 from ortho_node.pipeline.stow import store_files
 
@@ -36,13 +37,16 @@ log = logging.getLogger(__name__)
 
 DELIVER_TASK = "ortho.deliver"
 OutcomeCallback = Callable[[SendOutcome], None]
-Transport = Callable[[DimseDestination | StowDestination, Sequence[Path], Settings, OutcomeCallback], list[SendOutcome]]
+Transport = Callable[
+    [DimseDestination | StowDestination, Sequence[Path], Settings, OutcomeCallback, AssociationPool | None],
+    list[SendOutcome],
+]
 
 TRANSPORTS: dict[str, Transport] = {
-    "dimse": lambda dest, paths, settings, done: send_files(
-        dest, paths, calling_ae_title=settings.dimse.ae_title, on_outcome=done
+    "dimse": lambda dest, paths, settings, done, associations: send_files(
+        dest, paths, calling_ae_title=settings.dimse.ae_title, on_outcome=done, associations=associations
     ),
-    "stow": lambda dest, paths, settings, done: store_files(dest, paths),
+    "stow": lambda dest, paths, settings, done, associations: store_files(dest, paths),
 }
 
 
@@ -124,9 +128,12 @@ def _destination(settings: Settings, name: str) -> DimseDestination | StowDestin
     return next((d for d in settings.destinations if d.name == name), None)
 
 
-def run_deliveries(db: Database, settings: Settings, delivery_ids: Sequence[int]) -> dict[str, int]:
+def run_deliveries(
+    db: Database, settings: Settings, delivery_ids: Sequence[int], *, associations: AssociationPool | None = None
+) -> dict[str, int]:
     """Claim, send and record a batch; returns counts of sent / retry / dead (and "stale":
-    outcomes dropped because the row's claim had expired and been taken again)."""
+    outcomes dropped because the row's claim had expired and been taken again). A worker passes
+    its ``associations`` so that DIMSE batches reuse associations kept open for a few seconds."""
     claimed = claim(db, delivery_ids, lease=dt.timedelta(seconds=settings.worker.job_lease_s), results_dir=settings.results_dir)
     counts = {"sent": 0, "retry": 0, "dead": 0}
     by_destination: dict[str, list[ClaimedDelivery]] = defaultdict(list)
@@ -148,7 +155,7 @@ def run_deliveries(db: Database, settings: Settings, delivery_ids: Sequence[int]
             outcomes = [SendOutcome(i.path, ok=False, detail=f"destination {name!r} is no longer configured") for i in items]
         else:
             try:
-                outcomes = TRANSPORTS[destination.kind](destination, [i.path for i in items], settings, record)
+                outcomes = TRANSPORTS[destination.kind](destination, [i.path for i in items], settings, record, associations)
             except DestinationUnavailable as exc:
                 outcomes = [SendOutcome(i.path, ok=False, transient=exc.transient, detail=str(exc)) for i in items]
             except Exception as exc:  # noqa: BLE001 - every claimed row gets an outcome, never stays "sending"
