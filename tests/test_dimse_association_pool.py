@@ -189,3 +189,19 @@ def test_associations_propose_every_class_the_conformance_statement_names():
     from ortho_node.dimse.scu import RESULT_SOP_CLASSES
 
     assert RESULT_SOP_CLASSES == {uid for uid, _ in documented}
+
+
+def test_a_batch_that_fails_on_our_side_releases_its_association_instead_of_lending_it(scp, result_files):
+    """Recording an outcome can fail (the index unavailable): the association is released."""
+    pool = AssociationPool(idle_s=30)
+
+    def index_down(outcome) -> None:
+        raise OSError("index unavailable")
+
+    try:
+        with pytest.raises(OSError):
+            send_files(scp.destination(), result_files, calling_ae_title="NODE", on_outcome=index_down, associations=pool)
+        assert len(pool) == 0
+        assert scp.wait_until(lambda: scp.released == 1) and scp.aborted == 0
+    finally:
+        pool.close()

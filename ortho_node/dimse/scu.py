@@ -141,29 +141,43 @@ def send_files(
         key = (destination.model_dump_json(), destination.calling_ae_title or calling_ae_title, tuple(sop_classes))
         borrowed = associations.take(key) if associations is not None else None
         if borrowed is not None:
-            _send(borrowed, destination, metas, settle)
+            lost = _send_over(borrowed, key, associations, destination, metas, settle)
             unsent = {path: meta for path, meta in metas.items() if path not in outcomes}
-            if borrowed.is_established or len(unsent) < len(metas):
-                _done_with(borrowed, key, associations)
-                metas = {}
-            else:  # closed by the PACS before our first request reached it: once more, anew
+            # Closed by the PACS before the first response: the batch once more, on a new one.
+            metas = unsent if lost and len(unsent) == len(metas) else {}
+            if metas:
                 log.info("an idle association with %s was closed by the PACS; opening another", destination.name)
-                metas = unsent
         if metas:
             assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s)
-            _send(assoc, destination, metas, settle)
-            _done_with(assoc, key, associations)
+            _send_over(assoc, key, associations, destination, metas, settle)
     return [
         outcomes.get(path) or SendOutcome(path, ok=False, transient=True, detail="association lost before sending")
         for path in paths
     ]
 
 
-def _done_with(assoc: Association, key: tuple, associations: AssociationPool | None) -> None:
-    if associations is not None:
-        associations.give_back(key, assoc)
-    elif assoc.is_established:
-        assoc.release()
+def _send_over(
+    assoc: Association,
+    key: tuple,
+    associations: AssociationPool | None,
+    destination: DimseDestination,
+    metas: dict[Path, FileMetaDataset],
+    settle: Callable[[SendOutcome], None],
+) -> bool:
+    """Send the batch over ``assoc``, then leave it in the pool (or release it); return whether
+    the association was lost. One that a batch left by an unexpected error is released, never
+    lent again."""
+    finished = False
+    try:
+        _send(assoc, destination, metas, settle)
+        finished = True
+    finally:
+        lost = not assoc.is_established
+        if associations is not None and finished:
+            associations.give_back(key, assoc)
+        elif not lost:
+            assoc.release()
+    return lost
 
 
 def _associate(destination: DimseDestination, sop_classes: Sequence[str], calling_ae_title: str, timeout_s: float) -> Association:
