@@ -184,6 +184,47 @@ def test_a_forked_child_opens_its_own_and_leaves_the_parents_alone(scp, result_f
         pool.close()
 
 
+def _use_pool_in_child(pool: AssociationPool, queue) -> None:
+    pool.give_back("somewhere", _NotEstablished())  # takes the pool's lock
+    queue.put((pool.take("somewhere"), len(pool)))
+    pool.close()
+
+
+class _NotEstablished:
+    is_established = False
+
+
+def test_a_child_forked_while_another_thread_holds_the_lock_is_not_locked_out():
+    """A reaper (or any delivery thread) may hold the pool's lock at the moment a prefork
+    worker forks; the child, where that thread does not exist, must get a lock of its own."""
+    pool = AssociationPool(idle_s=30)
+    holding, done = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with pool._lock:
+            holding.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    child = None
+    try:
+        assert holding.wait(10)
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_use_pool_in_child, args=(pool, queue))
+        child.start()
+        assert queue.get(timeout=20) == (None, 0), "the child used its pool while the parent's lock was held"
+        child.join(timeout=20)
+        assert child.exitcode == 0
+    finally:
+        if child is not None and child.is_alive():
+            child.kill()  # locked out: do not leave it behind
+        done.set()
+        holder.join()
+        pool.close()
+
+
 def test_associations_propose_every_class_the_conformance_statement_names():
     from ortho_node.conformance import RESULT_SOP_CLASSES as documented
     from ortho_node.dimse.scu import RESULT_SOP_CLASSES

@@ -11,7 +11,9 @@ batch) once it has been idle that long.
 
 An association serves one batch at a time: a batch that finds none idle opens its own, and at
 most one idle association per destination is kept. One the PACS has closed meanwhile is
-dropped unused. A process that forked (prefork workers) never uses its parent's associations.
+dropped unused. A process that forked (prefork workers) never uses its parent's associations,
+and starts with a lock of its own: a fork taken while another thread held the pool's lock would
+otherwise leave the child's copy locked for good.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -47,6 +50,8 @@ class AssociationPool:
         self._closed = False
         self._pid = os.getpid()
         self._reaper: threading.Thread | None = None
+        pool = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _renew_in_child(pool))
 
     def take(self, key: Hashable) -> Association | None:
         """An idle association for ``key`` still established, now lent to the caller; or None."""
@@ -91,11 +96,21 @@ class AssociationPool:
 
     def _forget_parents(self) -> None:
         """In a forked child the parent's associations (sockets shared with it, threads left
-        behind) are not ours to use or release: drop them. Lock held."""
+        behind) are not ours to use or release: drop them. Lock held. (The fork hook does this
+        already; this guards a child that forked without running Python's fork hooks.)"""
         if self._pid != os.getpid():
             self._idle.clear()
             self._pid = os.getpid()
             self._reaper = None
+
+    def _after_fork_in_child(self) -> None:
+        """A fresh lock and no associations: the parent's lock may have been taken by one of its
+        threads, which do not exist here, at the moment of the fork."""
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._idle.clear()
+        self._pid = os.getpid()
+        self._reaper = None
 
     def _start_reaper(self) -> None:
         if self._reaper is None or not self._reaper.is_alive():
@@ -118,6 +133,12 @@ class AssociationPool:
                     soonest = min(entry.since for entry in self._idle.values())
                     self._wake.wait(max(0.0, soonest + self.idle_s - time.monotonic()))
             self._reaper = None
+
+
+def _renew_in_child(pool: weakref.ReferenceType[AssociationPool]) -> None:
+    alive = pool()
+    if alive is not None:
+        alive._after_fork_in_child()
 
 
 def _release(association: Association) -> None:

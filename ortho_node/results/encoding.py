@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import io
 
-from pydicom.dataset import Dataset
 from pydicom import filewriter
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR, VR
 
