@@ -110,3 +110,74 @@ def test_inputs_are_checked() -> None:
     encoded = tokens(1)
     with pytest.raises(ValueError, match="grid"):
         evaluate_head(module, EncoderOutput(encoded.cls, encoded.patches, (5, 5)))
+
+
+def _multiclass_head() -> TaskHead:
+    import dataclasses
+
+    from ortho_node.model import codes
+    from ortho_node.model.heads import head_spec
+
+    spec = dataclasses.replace(
+        head_spec("acl"), name="kl_multi", kind="multiclass", labels=tuple("abc"), threshold=None,
+        codes=dataclasses.replace(head_spec("acl").codes, values=(codes.NO,) * 3),
+    )
+    module = TaskHead(spec, embed_dim=EMBED)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return module.eval().requires_grad_(False)
+
+
+def _reference_relevance(module: TaskHead, encoded: EncoderOutput) -> torch.Tensor:
+    """Gradient × token by back-propagating into every patch token value ([K, N])."""
+    from ortho_node.model.explain import explanation_target
+
+    patches = encoded.patches.float().clone().requires_grad_(True)
+    features = image_features(encoded.cls.float(), patches)
+    if module.spec.pooling is not None:
+        logits = module.forward_sets(features.unsqueeze(0))
+    else:
+        logits = module(features).mean(dim=0, keepdim=True)
+    (gradient,) = torch.autograd.grad(explanation_target(module, logits), patches)
+    return (gradient * patches.detach()).sum(dim=-1).clamp_min(0.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "images", "overrides"),
+    [
+        ("kl_grade", 1, {}),
+        ("oa_present", 2, {}),
+        ("acl", 6, {}),
+        ("acl", 6, {"pooling": "max"}),
+        ("acl", 6, {"pooling": "attention"}),
+        ("multiclass", 3, {}),
+    ],
+)
+def test_map_equals_back_propagation_into_every_patch_token(name, images, overrides) -> None:
+    """The map comes from the gradient at the image features (heads read the tokens through
+    their mean); it must equal gradient × token taken through every token value."""
+    module = _multiclass_head() if name == "multiclass" else head(name, **overrides)
+    for seed in range(3):
+        encoded = tokens(images, seed=seed)
+        evaluation = evaluate_head(module, encoded)
+        relevance = _reference_relevance(module, encoded)
+        weights = torch.tensor(evaluation.weights)
+        tied = (weights.max() - weights) <= 1e-6
+        key = int(torch.where(tied, relevance.sum(dim=1), torch.tensor(-1.0)).argmax())
+        expected = relevance[key] / relevance[key].max() if relevance[key].max() > 0 else relevance[key]
+        assert evaluation.key_index == key and evaluation.patch_map is not None
+        np.testing.assert_allclose(evaluation.patch_map.ravel(), expected.numpy(), atol=1e-5)
+
+
+def test_map_from_bf16_tokens_matches_the_float_map() -> None:
+    """The engine hands bf16 tokens on CPU and CUDA: the map is computed from them in float32."""
+    module = head("acl")
+    encoded = tokens(8, seed=4)
+    bf16 = EncoderOutput(encoded.cls.bfloat16(), encoded.patches.bfloat16(), encoded.grid)
+    rounded = EncoderOutput(bf16.cls.float(), bf16.patches.float(), encoded.grid)
+    a, b = evaluate_head(module, bf16), evaluate_head(module, rounded)
+    assert a.key_index == b.key_index
+    np.testing.assert_allclose(a.patch_map, b.patch_map, atol=1e-6)
+    torch.testing.assert_close(a.logits, b.logits)

@@ -24,8 +24,13 @@ speaks for the answer). It is the first-order contribution of each patch token t
 - multiclass heads: the logit of the predicted class.
 
 Only the head is differentiated (one LayerNorm and one Linear, plus pooling), so a map costs
-far less than the forward pass. The CLS token's part of the answer is not attributed to
-patches; attention rollout would catch it but needs every attention matrix of the encoder.
+far less than the forward pass. A head reads the patch tokens only through their mean ``m_k``
+(:func:`~ortho_node.model.head_module.image_features`), so ``dT/dp[k, n] = dT/dm_k / N`` for
+every patch: the gradient is taken with respect to the ``[K, 2D]`` image features, and the map
+is one product of the tokens with it (a 16-slice MR head: ~1 ms instead of ~4 ms for
+back-propagating into all ``K × N × D`` token values). The CLS token's part of the answer is
+not attributed to patches; attention rollout would catch it but needs every attention matrix
+of the encoder.
 
 **Key image / slice**: the highest pooling weight; where weights tie (mean pooling, X-ray
 averaging) the one with the most positive evidence (largest sum of its raw map).
@@ -131,10 +136,11 @@ def evaluate_head(
         For inputs that do not fit the head.
     """
     _check_encoded(head, encoded)
-    cls = encoded.cls.detach().float()
+    patches = encoded.patches.detach().float()
+    features = image_features(encoded.cls.detach().float(), patches)  # [K, 2D]
     if not explain:
         with torch.no_grad():
-            logits, weights = _pooled_logits(head, image_features(cls, encoded.patches.float()))
+            logits, weights = _pooled_logits(head, features)
         return HeadEvaluation(
             logits=logits.cpu(),
             weights=tuple(weights.cpu().tolist()),
@@ -142,12 +148,14 @@ def evaluate_head(
             patch_map=None,
         )
     with torch.enable_grad():
-        # A fresh leaf: gradients reach the patch tokens and nothing else (the head's
+        # A fresh leaf: gradients reach the image features and nothing else (the head's
         # parameters are frozen, the encoder is not part of this graph).
-        patches = encoded.patches.detach().float().clone().requires_grad_(True)
-        logits, weights = _pooled_logits(head, image_features(cls, patches))
-        (gradient,) = torch.autograd.grad(explanation_target(head, logits), patches)
-    relevance = (gradient * patches.detach()).sum(dim=-1).clamp_min(0.0)  # [K, N]
+        features = features.clone().requires_grad_(True)
+        logits, weights = _pooled_logits(head, features)
+        (gradient,) = torch.autograd.grad(explanation_target(head, logits), features)
+    # The patch half of the features is the tokens' mean: each token's gradient is dT/dm / N.
+    token_gradient = gradient[:, patches.shape[-1]:] / patches.shape[1]  # [K, D]
+    relevance = torch.bmm(patches, token_gradient.unsqueeze(-1)).squeeze(-1).clamp_min(0.0)  # [K, N]
     weights = weights.detach()
     evidence = relevance.sum(dim=1)
     tied = (weights.max() - weights) <= _TIED
