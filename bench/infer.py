@@ -83,6 +83,7 @@ from ortho_node.model.infer import (  # noqa: E402
     read_study,
 )
 from ortho_node.model.study import StudyAnalyser  # noqa: E402
+from ortho_node.model.threads import configure_engine_threads  # noqa: E402
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study  # noqa: E402
 
 MODELS = {
@@ -382,7 +383,7 @@ def _process_share(
     ready: multiprocessing.Queue, go: Event, results: multiprocessing.Queue, engine_socket: str | None,
 ) -> None:
     """One process of a multi-process run: warm up, wait for the others, analyse its share."""
-    torch.set_num_threads(threads)
+    configure_engine_threads(threads)
     with _analyser(bundle_dir, torch.device(device), precision, batch, compile, warm, engine_socket) as analyser:
         ready.put(os.getpid())
         go.wait()

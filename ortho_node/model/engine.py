@@ -59,6 +59,7 @@ import torch._inductor.config as inductor_config
 from ortho_node.model.attention import CpuBf16Attention
 from ortho_node.model.bundle import LoadedBundle
 from ortho_node.model.encoder import EncoderOutput
+from ortho_node.model.threads import engine_threads, use_engine_threads
 
 __all__ = [
     "MAX_REQUEST_IMAGES",
@@ -492,6 +493,7 @@ class InferenceEngine:
         _check_number("max_wait_ms", max_wait_ms, low=0, integer=False)
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+        engine_threads()  # the process's torch threads, before any preparing thread changes them
         self._bundle = bundle
         self._max_batch = max_batch
         self._max_wait_s = float(max_wait_ms) / 1000.0
@@ -680,6 +682,7 @@ class InferenceEngine:
 
     def _serve(self) -> None:
         segments: list[_Segment] | None = []
+        use_engine_threads()  # the forward gets the process's threads (ortho_node.model.threads)
         try:
             while True:
                 segments = self._next_batch()

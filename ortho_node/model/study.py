@@ -76,6 +76,7 @@ from ortho_node.model.study_inputs import (
     ScreenedImage,
     screen_images,
 )
+from ortho_node.model.threads import single_threaded
 from ortho_node.privacy import uid_ref
 
 __all__ = ["DEMO_BUNDLE_DIR", "StudyAnalyser", "default_bundle_dir"]
@@ -384,7 +385,10 @@ class StudyAnalyser:
         EngineClosedError
             The analyser was closed.
         """
-        datasets = self._checked(datasets, study_instance_uid)
+        with single_threaded():  # one OpenMP team per process: the engine's (.threads)
+            return self._analyse(self._checked(datasets, study_instance_uid), study_instance_uid)
+
+    def _analyse(self, datasets: list[Dataset], study_instance_uid: str) -> StudyFindings:
         study_ref = uid_ref(study_instance_uid)
         model = self.model
         screened = screen_images(datasets, self._group_rules, study_ref=study_ref)

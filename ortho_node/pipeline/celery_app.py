@@ -124,10 +124,10 @@ def build_analysis_step(context: WorkerContext) -> JobStep:
     worker = context.settings.worker
     keep_freed_memory_for_reuse()  # this process prepares the images
     if worker.pool == "prefork":
-        import torch
+        from ortho_node.model.threads import configure_engine_threads
 
         # Each child its share of this process's CPUs: all of them each would oversubscribe.
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // worker.concurrency))
+        configure_engine_threads(max(1, len(os.sched_getaffinity(0)) // worker.concurrency))
     analyser = StudyAnalyser.from_bundle_dir(
         worker.bundle or default_bundle_dir(),
         engine_socket=context.engine_socket,
