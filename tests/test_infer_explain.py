@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from ortho_node.model.encoder import EncoderOutput
-from ortho_node.model.explain import evaluate_head
+from ortho_node.model import codes
+from ortho_node.model.explain import evaluate_head, explanation_target
 from ortho_node.model.head_module import TaskHead, image_features
-from ortho_node.model.heads import create_head
+from ortho_node.model.heads import create_head, head_spec
 
 EMBED = 16
 GRID = (3, 4)
@@ -25,7 +28,10 @@ def tokens(images: int, seed: int = 0) -> EncoderOutput:
 
 
 def head(name: str, **overrides: object) -> TaskHead:
-    module = create_head(name, embed_dim=EMBED, **overrides)
+    return _randomised(create_head(name, embed_dim=EMBED, **overrides))
+
+
+def _randomised(module: TaskHead) -> TaskHead:
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for parameter in module.parameters():
@@ -113,27 +119,15 @@ def test_inputs_are_checked() -> None:
 
 
 def _multiclass_head() -> TaskHead:
-    import dataclasses
-
-    from ortho_node.model import codes
-    from ortho_node.model.heads import head_spec
-
     spec = dataclasses.replace(
         head_spec("acl"), name="kl_multi", kind="multiclass", labels=tuple("abc"), threshold=None,
         codes=dataclasses.replace(head_spec("acl").codes, values=(codes.NO,) * 3),
     )
-    module = TaskHead(spec, embed_dim=EMBED)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator))
-    return module.eval().requires_grad_(False)
+    return _randomised(TaskHead(spec, embed_dim=EMBED))
 
 
 def _reference_relevance(module: TaskHead, encoded: EncoderOutput) -> torch.Tensor:
     """Gradient × token by back-propagating into every patch token value ([K, N])."""
-    from ortho_node.model.explain import explanation_target
-
     patches = encoded.patches.float().clone().requires_grad_(True)
     features = image_features(encoded.cls.float(), patches)
     if module.spec.pooling is not None:

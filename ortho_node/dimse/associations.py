@@ -96,8 +96,8 @@ class AssociationPool:
 
     def _forget_parents(self) -> None:
         """In a forked child the parent's associations (sockets shared with it, threads left
-        behind) are not ours to use or release: drop them. Lock held. (The fork hook does this
-        already; this guards a child that forked without running Python's fork hooks.)"""
+        behind) are not ours to use or release: drop them. Lock held, or from the fork hook;
+        also a guard for a child that forked without running Python's fork hooks."""
         if self._pid != os.getpid():
             self._idle.clear()
             self._pid = os.getpid()
@@ -108,9 +108,7 @@ class AssociationPool:
         threads, which do not exist here, at the moment of the fork."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._idle.clear()
-        self._pid = os.getpid()
-        self._reaper = None
+        self._forget_parents()
 
     def _start_reaper(self) -> None:
         if self._reaper is None or not self._reaper.is_alive():
