@@ -11,6 +11,8 @@ built once at start-up and passed down explicitly; nothing changes them at run t
 
 from __future__ import annotations
 
+import datetime as dt
+
 import ipaddress
 import os
 import re
@@ -222,6 +224,12 @@ class DimseDestination(_Section):
     port: int = Field(ge=1, le=65535)
     calling_ae_title: str | None = None
     tls: TlsSettings | None = None
+    storage_commitment: bool = Field(
+        False,
+        description="after each batch, ask the PACS to commit to the objects it acknowledged (Storage "
+        "Commitment Push Model, N-ACTION) and count them delivered only when its N-EVENT-REPORT says so; "
+        "what it reports missing is sent again. The PACS must know this node's AE title, host and port",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -254,6 +262,17 @@ class DeliverySettings(_Section):
         description="keep a DIMSE association open this long after a batch for the next batch to the "
         "same destination (as Orthanc's DicomAssociationCloseDelay); 0 releases it at once",
     )
+    commitment_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="how long a destination with storage_commitment has to report on a commitment "
+        "request; objects it has not reported on by then are sent again (one more attempt)",
+    )
+
+    def backoff(self, attempts: int) -> dt.timedelta:
+        """The wait before the next attempt after ``attempts`` failed ones (exponential, capped)."""
+        seconds = self.backoff_initial_s * (2 ** max(0, attempts - 1))
+        return dt.timedelta(seconds=min(seconds, self.backoff_max_s))
 
 
 class WorkerSettings(_Section):

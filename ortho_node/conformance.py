@@ -13,6 +13,8 @@ from pynetdicom.sop_class import Verification
 
 from ortho_node import __version__
 from ortho_node.config import Settings
+from ortho_node.dimse.commitment import REQUEST_ACTION_TYPE, WELL_KNOWN_INSTANCE
+from ortho_node.dimse.commitment import SOP_CLASS as COMMITMENT_SOP_CLASS
 from ortho_node.dimse.scp import ACCEPTED_TRANSFER_SYNTAXES
 from ortho_node.dimse.status import StoreStatus
 from ortho_node.ingest.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -170,6 +172,29 @@ def conformance_statement(settings: Settings) -> str:
         "The SCU's TCP connection has Nagle's algorithm off and, on Linux, acknowledges what it"
         " reads at once (TCP_QUICKACK), so a destination that writes its responses in pieces with"
         " Nagle on (DCMTK's default) is not held up by delayed acknowledgements.",
+        "",
+        "### Storage Commitment (SCU)",
+        "",
+        *_table(("SOP class", "UID", "role", "transfer syntaxes"),
+                [(_name(COMMITMENT_SOP_CLASS), COMMITMENT_SOP_CLASS, "SCU",
+                  "Explicit and Implicit VR Little Endian")]),
+        "",
+        "For a destination with `storage_commitment: true` every association also proposes the"
+        " Storage Commitment Push Model, and after each batch the node sends an N-ACTION (action"
+        f" type {REQUEST_ACTION_TYPE}, SOP instance {WELL_KNOWN_INSTANCE}) with a new Transaction UID"
+        " (`2.25.` + a UUID) and the Referenced SOP Sequence of the objects the PACS acknowledged;"
+        " they count as delivered only when the PACS reports them committed. The node's SCP"
+        " accepts the report (N-EVENT-REPORT, event type 1 or 2) on an association the PACS opens,"
+        " taking the SCU role the PACS proposes by SCP/SCU role selection (the PACS as SCP), and"
+        " answers 0x0000 once it is recorded, 0x0113 for another event type, 0x0115 for a report"
+        " without a Transaction UID, 0x0110 when it could not be recorded. A report sent on the"
+        " association that carried the request is answered 0x0110 (processing failure): the node"
+        " expects it on an association of the PACS's own, as Orthanc and IHE RAD-10 Image Managers"
+        " send it. Objects in the Failed SOP"
+        " Sequence (the Failure Reason is logged and shown by `ortho-node status`), objects the"
+        " report does not mention, a refused N-ACTION, and objects not reported on within"
+        f" `delivery.commitment_timeout_s` ({settings.delivery.commitment_timeout_s:g} s) are sent"
+        " again and asked about again, with the backoff and `delivery.max_attempts` above.",
         "",
         "## 4. DICOMweb",
         "",

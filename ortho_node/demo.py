@@ -94,7 +94,7 @@ def _finished(node: Node, study_uids: set[str]) -> tuple[bool, str]:
             select(Job.state, Study.study_instance_uid).join(Study, Job.study_id == Study.id).where(Study.study_instance_uid.in_(study_uids))
         ).all()
         pending = session.scalar(
-            select(Delivery.id).where(Delivery.state.in_([DeliveryState.PENDING.value, DeliveryState.SENDING.value])).limit(1)
+            select(Delivery.id).where(Delivery.state.in_([DeliveryState.PENDING.value, DeliveryState.SENDING.value, DeliveryState.COMMITTING.value])).limit(1)
         )
     done = {uid for state, uid in jobs if JobState(state).is_final}
     status = f"{len(done)}/{len(study_uids)} studies processed"

@@ -30,6 +30,7 @@ from ortho_node.ingest.rules import load_rules
 from ortho_node.ingest.service import IngestService
 from ortho_node.pipeline.celery_app import NodeCelery
 from ortho_node.pipeline.jobs import requeue_stale
+from ortho_node.pipeline import commitment
 from ortho_node.pipeline.delivery import due_batches, requeue_stale_sending
 from ortho_node.pipeline.outbox import OutboxPublisher, delivery_message, due_jobs, job_message
 from ortho_node.store import InstanceStore
@@ -118,7 +119,10 @@ class Node:
         if settings.http.enabled:  # built first: an unsafe HTTP setup stops start-up before any port opens
             self.http = HttpServer(create_app(settings, self.db, self.registry, self.ingest), settings.http)
             self.http.start()
-        self.scp = start_scp(settings.dimse, self.ingest, IngestMetrics(self.registry))
+        self.scp = start_scp(
+            settings.dimse, self.ingest, IngestMetrics(self.registry),
+            commitment_reports=lambda report, calling_ae: commitment.record_report(self.db, settings, report, calling_ae),
+        )
         if self._start_worker:
             self.worker = EmbeddedWorker(self._worker_env)
             self.worker.start()
@@ -165,6 +169,7 @@ class Node:
                 max_attempts=worker_settings.max_attempts,
             )
             requeue_stale_sending(self.db, max_attempts=self.settings.delivery.max_attempts)
+            commitment.expire(self.db, self.settings)
         messages = [job_message(self.db, job_id) for job_id in due_jobs(self.db, republish_after=_REPUBLISH_AFTER)]
         messages += [delivery_message(self.db, batch) for batch in due_batches(self.db, republish_after=_REPUBLISH_AFTER)]
         self.publisher.publish(messages)

@@ -38,7 +38,9 @@ def test_committed_statement_is_the_generated_one(default_settings: Settings) ->
 def test_statement_names_what_the_scp_negotiates_and_returns(default_settings: Settings) -> None:
     text = conformance_statement(default_settings)
     ae = build_ae(default_settings.dimse)
-    storage = [c for c in ae.supported_contexts if c.abstract_syntax != "1.2.840.10008.1.1"]
+    not_storage = {"1.2.840.10008.1.1", "1.2.840.10008.1.20.1"}  # Verification, Storage Commitment
+    storage = [c for c in ae.supported_contexts if c.abstract_syntax not in not_storage]
+    assert "| Storage Commitment Push Model SOP Class | 1.2.840.10008.1.20.1 | SCU |" in text
     assert f"{len(KNEE_WORKFLOW_SOP_CLASSES)} are analysed; the other {len(storage) - len(KNEE_WORKFLOW_SOP_CLASSES)}" in text
     for context in storage:
         assert list(context.transfer_syntax) == list(ACCEPTED_TRANSFER_SYNTAXES)

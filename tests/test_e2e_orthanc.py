@@ -1,5 +1,6 @@
 """Issue #4 end to end: a real Orthanc PACS pushes a knee study to ``ortho-node serve``; the node
-runs the model and sends SR + SC back, by C-STORE and (second test) by STOW-RS; the test finds
+runs the model and sends SR + SC back, by C-STORE with storage commitment (Orthanc reports to
+the node that it holds them) and (second test) by STOW-RS; the test finds
 them in Orthanc in the same study. Also: results routed back to the node are not re-processed.
 """
 
@@ -53,7 +54,8 @@ def test_orthanc_push_comes_back_as_sr_and_sc_in_the_same_study(node_factory, tm
     node = node_factory(
         dimse={"allowed_callers": [{"ae_title": orthanc.aet}]},
         destinations=[
-            {"kind": "dimse", "name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+            {"kind": "dimse", "name": "pacs", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port,
+             "storage_commitment": True}
             if transport == "dimse"
             else {"kind": "stow", "name": "pacs", "url": f"http://127.0.0.1:{orthanc.http_port}/dicom-web"}
         ],
@@ -86,6 +88,18 @@ def test_orthanc_push_comes_back_as_sr_and_sc_in_the_same_study(node_factory, tm
         finally:
             db.dispose()
         assert sr_sent is not None and first_capture is not None and sr_sent < first_capture
+        if transport == "dimse":  # Orthanc reported, on its own association to the node, that it holds them all
+            def committed() -> list[Delivery] | None:
+                db = node.index()
+                try:
+                    with db.session() as s:
+                        rows = list(s.scalars(select(Delivery)))
+                finally:
+                    db.dispose()
+                return rows if rows and all(r.committed_at is not None for r in rows) else None
+
+            rows = wait_for(committed, timeout=60)
+            assert {r.state for r in rows} == {"sent"} and len(rows) == 1 + len(found[SC])
         assert {"build_report", "deliver_report", "build_attachments"} <= set(job.summary["timing_s"])
 
         # A routing rule that sends the whole study back (now with our SR/SC) must not loop.

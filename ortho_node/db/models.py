@@ -172,7 +172,8 @@ class DeliveryState(str, enum.Enum):
 
     PENDING = "pending"  # waiting for its next attempt (next_attempt_at)
     SENDING = "sending"  # claimed by a worker
-    SENT = "sent"
+    COMMITTING = "committing"  # acknowledged; waiting for the PACS's storage commitment report
+    SENT = "sent"  # delivered (and, where the destination commits, committed)
     DEAD = "dead"  # gave up after max attempts; `ortho-node resend` puts it back to pending
 
 
@@ -216,4 +217,6 @@ class Delivery(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     published_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    commitment_uid: Mapped[str | None] = mapped_column(UID, index=True)  # Transaction UID of the open request
+    committed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

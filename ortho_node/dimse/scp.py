@@ -1,4 +1,4 @@
-"""The DIMSE SCP: Verification and Storage, on pynetdicom.
+"""The DIMSE SCP: Verification, Storage, and the reports of Storage Commitment, on pynetdicom.
 
 Every storage SOP class is accepted with the transfer syntaxes listed in
 ``ACCEPTED_TRANSFER_SYNTAXES``; an unknown SOP class or syntax is refused at presentation
@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from pydicom import uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ortho_node.config import DimseSettings, TlsSettings
 from ortho_node.dimse import handlers
+from ortho_node.dimse.commitment import ReportSink, make_report_handler
 from ortho_node.ingest.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ortho_node.ingest.service import IngestService
 
@@ -83,11 +84,25 @@ def build_ae(settings: DimseSettings) -> AE:
     ae.add_supported_context(Verification, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+    # Storage commitment reports: the PACS opens the association and proposes the SCP role for
+    # itself (PS3.4 J.3.3); the node takes the SCU role and receives the N-EVENT-REPORT.
+    ae.add_supported_context(
+        StorageCommitmentPushModel, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian],
+        scu_role=False, scp_role=True,
+    )
     return ae
 
 
-def start_scp(settings: DimseSettings, ingest: IngestService, metrics: object | None = None) -> RunningScp:
-    """Start listening on ``settings.host:settings.port`` (port 0 picks a free port)."""
+def start_scp(
+    settings: DimseSettings,
+    ingest: IngestService,
+    metrics: object | None = None,
+    commitment_reports: ReportSink | None = None,
+) -> RunningScp:
+    """Start listening on ``settings.host:settings.port`` (port 0 picks a free port).
+
+    ``commitment_reports`` records the storage commitment reports PACS send back; without it
+    a report is answered with a processing failure (0x0110), so the PACS reports again later."""
     if not settings.allowed_callers:
         log.warning("no allowed_callers configured: any calling AE title may send to this node")
     ae = build_ae(settings)
@@ -98,6 +113,8 @@ def start_scp(settings: DimseSettings, ingest: IngestService, metrics: object | 
         (evt.EVT_CONN_OPEN, handlers.make_conn_open_handler(settings.idle_poll_delay_s)),
         *handlers.NOTIFICATION_LOGGERS,
     ]
+    if commitment_reports is not None:
+        evt_handlers.append((evt.EVT_N_EVENT_REPORT, make_report_handler(commitment_reports)))
     ssl_context = server_tls_context(settings.tls) if settings.tls else None
     server = ae.start_server(
         (settings.host, settings.port), block=False, evt_handlers=evt_handlers, ssl_context=ssl_context

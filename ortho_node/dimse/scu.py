@@ -34,6 +34,8 @@ from pynetdicom.sop_class import (
 
 from ortho_node.config import DimseDestination
 from ortho_node.dimse.associations import AssociationPool
+from ortho_node.dimse.commitment import SOP_CLASS as COMMITMENT_SOP_CLASS
+from ortho_node.dimse.commitment import ObjectRef, send_request
 from ortho_node.dimse.tcp import LOW_LATENCY_HANDLERS
 from ortho_node.ingest.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ortho_node.privacy import uid_ref
@@ -138,7 +140,7 @@ def send_files(
             settle(unreadable(path, exc))
     if metas:
         sop_classes = sorted(RESULT_SOP_CLASSES | {str(meta.MediaStorageSOPClassUID) for meta in metas.values()})
-        key = (destination.model_dump_json(), destination.calling_ae_title or calling_ae_title, tuple(sop_classes))
+        key = _pool_key(destination, calling_ae_title, sop_classes)
         borrowed = associations.take(key) if associations is not None else None
         if borrowed is not None:
             lost = _send_over(borrowed, key, associations, destination, metas, settle)
@@ -154,6 +156,47 @@ def send_files(
         outcomes.get(path) or SendOutcome(path, ok=False, transient=True, detail="association lost before sending")
         for path in paths
     ]
+
+
+def request_commitment(
+    destination: DimseDestination,
+    refs: Sequence[ObjectRef],
+    *,
+    transaction_uid: str,
+    calling_ae_title: str,
+    timeout_s: float = 60,
+    associations: AssociationPool | None = None,
+) -> None:
+    """Ask ``destination`` to commit to ``refs`` (N-ACTION, Storage Commitment Push Model).
+
+    Sent over the association the batch just used when the pool still holds it, else over a new
+    one. The PACS's answer on the objects comes later, as an N-EVENT-REPORT to the node's SCP.
+
+    Raises
+    ------
+    DestinationUnavailable
+        No association could be established.
+    CommitmentRefused
+        The PACS did not take the request.
+    """
+    sop_classes = sorted(RESULT_SOP_CLASSES | {ref.sop_class_uid for ref in refs})
+    key = _pool_key(destination, calling_ae_title, sop_classes)
+    assoc = associations.take(key) if associations is not None else None
+    if assoc is None:
+        assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s)
+    finished = False
+    try:
+        send_request(assoc, transaction_uid, refs)
+        finished = True
+    finally:
+        if associations is not None and finished:
+            associations.give_back(key, assoc)
+        elif assoc.is_established:
+            assoc.release()
+
+
+def _pool_key(destination: DimseDestination, calling_ae_title: str, sop_classes: Sequence[str]) -> tuple:
+    return (destination.model_dump_json(), destination.calling_ae_title or calling_ae_title, tuple(sop_classes))
 
 
 def _send_over(
@@ -188,6 +231,8 @@ def _associate(destination: DimseDestination, sop_classes: Sequence[str], callin
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for sop_class in sop_classes:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    if destination.storage_commitment:  # the same association then carries the commitment request
+        ae.add_requested_context(COMMITMENT_SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(
         destination.host,
         destination.port,

@@ -5,7 +5,8 @@ commit first; the serving node publishes due rows (``next_attempt_at`` passed) a
 messages, one per (job, destination) batch; a worker claims them (pending → sending), sends the
 batch over one association or request, and records each object's outcome:
 
-- sent;
+- sent; or, for a destination with ``storage_commitment``, committing until the PACS reports it
+  holds the object (``ortho_node.pipeline.commitment``);
 - a transient failure: back to pending with exponential backoff (``delivery.backoff_*``);
 - a permanent failure, or ``delivery.max_attempts`` reached: ``dead`` (shown by ``status``;
   ``ortho-node resend`` puts dead rows back to pending, ``resend --destination OLD --to NEW``
@@ -30,7 +31,9 @@ from ortho_node.config import DimseDestination, Settings, StowDestination
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Delivery, DeliveryState, JobEvent, StoredResult, utcnow
 from ortho_node.dimse.associations import AssociationPool
-from ortho_node.dimse.scu import DestinationUnavailable, SendOutcome, send_files
+from ortho_node.dimse.commitment import CommitmentRefused, ObjectRef
+from ortho_node.dimse.scu import DestinationUnavailable, SendOutcome, request_commitment, send_files
+from ortho_node.pipeline import commitment
 from ortho_node.pipeline.stow import store_files
 
 log = logging.getLogger(__name__)
@@ -56,11 +59,11 @@ class ClaimedDelivery:
     destination: str
     path: Path
     attempts: int
+    ref: ObjectRef
 
 
 def backoff(settings: Settings, attempts: int) -> dt.timedelta:
-    seconds = settings.delivery.backoff_initial_s * (2 ** max(0, attempts - 1))
-    return dt.timedelta(seconds=min(seconds, settings.delivery.backoff_max_s))
+    return settings.delivery.backoff(attempts)
 
 
 def due_batches(db: Database, *, republish_after: dt.timedelta, now: dt.datetime | None = None) -> list[list[int]]:
@@ -120,7 +123,10 @@ def claim(db: Database, delivery_ids: Sequence[int], *, lease: dt.timedelta, res
             delivery, result = session.execute(
                 select(Delivery, StoredResult).join(StoredResult, Delivery.result_id == StoredResult.id).where(Delivery.id == delivery_id)
             ).one()
-            claimed.append(ClaimedDelivery(delivery.id, delivery.destination, results_dir / result.path, delivery.attempts))
+            claimed.append(ClaimedDelivery(
+                delivery.id, delivery.destination, results_dir / result.path, delivery.attempts,
+                ObjectRef(result.sop_class_uid, result.sop_instance_uid),
+            ))
     return claimed
 
 
@@ -142,15 +148,19 @@ def run_deliveries(
     for name, items in by_destination.items():
         by_path = {item.path: item for item in items}
         recorded: set[Path] = set()
+        destination = _destination(settings, name)
+        commits = isinstance(destination, DimseDestination) and destination.storage_commitment
+        to_commit: list[ClaimedDelivery] = []
 
         def record(outcome: SendOutcome) -> None:
             item = by_path.get(outcome.path)
             if item is not None and outcome.path not in recorded:
                 recorded.add(outcome.path)
-                verdict = _record(db, settings, item, outcome)
+                verdict = _record(db, settings, item, outcome, commits=commits)
                 counts[verdict] = counts.get(verdict, 0) + 1
+                if verdict == "committing":
+                    to_commit.append(item)
 
-        destination = _destination(settings, name)
         if destination is None:
             outcomes = [SendOutcome(i.path, ok=False, detail=f"destination {name!r} is no longer configured") for i in items]
         else:
@@ -164,9 +174,30 @@ def run_deliveries(
                 outcomes = [SendOutcome(i.path, ok=False, transient=True, detail=why) for i in items]
         for outcome in outcomes:
             record(outcome)  # those not reported as they happened
+        if to_commit:
+            _request_commitment(db, settings, destination, to_commit, associations)
     if claimed:
         log.info("delivery batch: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     return counts
+
+
+def _request_commitment(
+    db: Database,
+    settings: Settings,
+    destination: DimseDestination,
+    items: Sequence[ClaimedDelivery],
+    associations: AssociationPool | None,
+) -> None:
+    """Ask the PACS to commit to what it acknowledged; a refused request sends them again."""
+    transaction_uid = commitment.begin(db, [item.delivery_id for item in items])
+    try:
+        request_commitment(
+            destination, [item.ref for item in items], transaction_uid=transaction_uid,
+            calling_ae_title=settings.dimse.ae_title, associations=associations,
+        )
+    except (DestinationUnavailable, CommitmentRefused) as exc:
+        log.warning("storage commitment request to %s: %s", destination.name, exc)
+        commitment.refused(db, settings, transaction_uid, str(exc))
 
 
 def _error_name(exc: Exception) -> str:
@@ -177,9 +208,15 @@ def _error_name(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def _record(db: Database, settings: Settings, item: ClaimedDelivery, outcome: SendOutcome) -> str:
+def _record(db: Database, settings: Settings, item: ClaimedDelivery, outcome: SendOutcome, *, commits: bool = False) -> str:
     now = utcnow()
-    if outcome.ok:
+    if outcome.ok and commits:  # acknowledged; delivered once the PACS commits to it
+        values = dict(
+            state=DeliveryState.COMMITTING.value, sent_at=now, last_error=None,
+            next_attempt_at=now + dt.timedelta(seconds=settings.delivery.commitment_timeout_s),
+        )
+        verdict = "committing"
+    elif outcome.ok:
         values = dict(state=DeliveryState.SENT.value, sent_at=now, last_error=None)
         verdict = "sent"
     elif outcome.transient and item.attempts < settings.delivery.max_attempts:
@@ -251,7 +288,10 @@ def retarget(
     query = select(Delivery).where(Delivery.destination == source, Delivery.state.in_(states))
     if job_id is not None:
         query = query.where(Delivery.job_id == job_id)
-    pending = {"state": DeliveryState.PENDING.value, "attempts": 0, "published_at": None, "last_error": None}
+    pending = {
+        "state": DeliveryState.PENDING.value, "attempts": 0, "published_at": None, "last_error": None,
+        "commitment_uid": None, "committed_at": None,
+    }
     moved_per_job: dict[int, int] = defaultdict(int)
     with db.session() as session:
         rows = list(session.scalars(query.with_for_update()))
@@ -295,6 +335,9 @@ def resend(
         query = query.where(Delivery.destination == destination)
     with db.session() as session:
         moved = session.execute(
-            query.values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=utcnow(), published_at=None, last_error=None)
+            query.values(
+                state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=utcnow(), published_at=None,
+                last_error=None, commitment_uid=None, committed_at=None,
+            )
         )
         return moved.rowcount or 0

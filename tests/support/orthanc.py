@@ -23,6 +23,7 @@ class Orthanc:
         self.http_port = free_port()
         self.modalities = modalities or {}
         self.dicomweb_servers: dict[str, list[str]] = {}  # name -> [url, (user, password)]
+        self.lua_scripts: list[Path] = []  # e.g. a ReceivedInstanceFilter: a PACS with its own rules
         self.process: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -51,6 +52,7 @@ class Orthanc:
             "Plugins": [PLUGINS],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": self.dicomweb_servers},
             "StableAge": 2,
+            "LuaScripts": [str(path) for path in self.lua_scripts],
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config))
