@@ -10,21 +10,24 @@ the node's own SCP, on an association Orthanc opens.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import StorageCommitmentPushModel
 from sqlalchemy import select, update
 
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Delivery, DeliveryState, StoredResult, utcnow
-from ortho_node.dimse.commitment import CommitmentReport, FailedObject, ObjectRef
+from ortho_node.dimse.associations import AssociationPool
+from ortho_node.dimse.commitment import WELL_KNOWN_INSTANCE, CommitmentReport, FailedObject, ObjectRef
 from ortho_node.dimse.scp import RunningScp, start_scp
+from ortho_node.dimse.scu import RESULT_SOP_CLASSES
 from ortho_node.ingest.indexer import Indexer
 from ortho_node.ingest.service import IngestService
 from ortho_node.pipeline import commitment
@@ -241,3 +244,75 @@ def _uids(db: Database) -> list[str]:
         return list(session.scalars(
             select(StoredResult.sop_instance_uid).join(Delivery, Delivery.result_id == StoredResult.id).order_by(Delivery.id)
         ))
+
+
+class ReportingOnTheSameAssociation:
+    """A PACS (pynetdicom) that stores the node's results and, after answering the N-ACTION,
+    reports on the association that asked, while the node keeps it open: what archives that
+    do not open an association back do. Orthanc always opens its own, so this peer stands in."""
+
+    def __init__(self, keep: Callable[[str], bool]) -> None:
+        self.keep = keep  # which SOP classes it really stores
+        self.stored: set[str] = set()
+        self.report_statuses: list[int] = []
+        ae = AE("ARCHIVE")
+        for sop_class in (*RESULT_SOP_CLASSES, StorageCommitmentPushModel):
+            ae.add_supported_context(sop_class, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, self._store), (evt.EVT_N_ACTION, self._commit),
+        ])
+        self.port = int(self.server.server_address[1])
+
+    def _store(self, event) -> int:
+        if self.keep(str(event.request.AffectedSOPClassUID)):
+            self.stored.add(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000  # stored or not, acknowledged
+
+    def _commit(self, event) -> tuple[int, None]:
+        request = event.action_information
+        info = Dataset()
+        info.TransactionUID = request.TransactionUID
+        items = list(request.ReferencedSOPSequence)
+        info.ReferencedSOPSequence = [i for i in items if i.ReferencedSOPInstanceUID in self.stored]
+        failed = [i for i in items if i.ReferencedSOPInstanceUID not in self.stored]
+        for item in failed:
+            item.FailureReason = 0x0112
+        if failed:
+            info.FailedSOPSequence = failed
+        assoc = event.assoc
+
+        def report() -> None:
+            time.sleep(0.2)  # after the N-ACTION response, with the association idle at the node
+            status, _ = assoc.send_n_event_report(info, 2 if failed else 1, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
+            self.report_statuses.append(int(status.Status) if "Status" in status else -1)
+
+        threading.Thread(target=report, daemon=True).start()
+        return 0x0000, None
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_report_on_the_association_that_asked_is_recorded_by_the_worker(knee_results, tmp_path):
+    _, source, built = knee_results
+    pacs = ReportingOnTheSameAssociation(keep=lambda sop_class: sop_class != SC)
+    pool = AssociationPool(idle_s=5)
+    try:
+        destination = {"kind": "dimse", "name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1",
+                       "port": pacs.port, "storage_commitment": True}
+        settings = make_settings(tmp_path, [destination], max_attempts=1)
+        db, _ = prepare(settings, source, built)
+        (batch,) = due_batches(db, republish_after=dt.timedelta(minutes=30))
+        assert run_deliveries(db, settings, batch, associations=pool)["committing"] == len(built)
+        wait_until(lambda: no_row_committing(db) and pacs.report_statuses)
+        assert pacs.report_statuses == [0x0000], "the node answered the report on its own association"
+        by_uid = dict(zip(_uids(db), deliveries(db)))
+        sr = by_uid.pop(str(built.sr.SOPInstanceUID))
+        assert sr.state == DeliveryState.SENT.value and sr.committed_at is not None
+        assert by_uid and all(
+            d.state == DeliveryState.DEAD.value and "no such object instance" in d.last_error for d in by_uid.values()
+        )
+        db.dispose()
+    finally:
+        pool.close()
+        pacs.stop()

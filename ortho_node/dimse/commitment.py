@@ -6,7 +6,9 @@ The PACS answers at once that it took the request, and later reports (N-EVENT-RE
 type 1: all committed; 2: failures exist) which objects it holds and which it does not, with a
 failure reason per object. Most PACS (Orthanc, dcm4chee, IHE RAD-10 actors) send the report on
 an association of their own to the node's SCP, proposing the SCP role for this SOP class; the
-node's SCP accepts that role (``scp.build_ae``).
+node's SCP accepts that role (``scp.build_ae``). Others send it on the association that carried
+the request while it is still open: the node's SCU binds the same handler to its associations
+(``scu``), which stay open a few seconds after a batch.
 
 This module only speaks DIMSE; what a report means for the deliveries is
 ``ortho_node.pipeline.commitment``'s.
@@ -142,11 +144,12 @@ def parse_report(event_type: int, info: Dataset) -> CommitmentReport:
 
 
 ReportSink = Callable[[CommitmentReport, str], None]
-"""Records a report; called with the report and the calling AE title of the association."""
+"""Records a report; called with the report and the AE title of the PACS that sent it."""
 
 
 def make_report_handler(sink: ReportSink) -> Callable[[Event], tuple[int, None]]:
-    """EVT_N_EVENT_REPORT handler for the node's SCP: parse, hand to ``sink``, answer.
+    """EVT_N_EVENT_REPORT handler, for the node's SCP and its SCU's associations: parse, hand
+    to ``sink``, answer.
 
     Answers 0x0000 once the report is recorded; 0x0113 (no such event type) or 0x0115 (invalid
     argument value) for what is not a storage commitment result; 0x0110 (processing failure)
@@ -166,11 +169,12 @@ def make_report_handler(sink: ReportSink) -> Callable[[Event], tuple[int, None]]
         except Exception as exc:  # noqa: BLE001 - an undecodable data set is the peer's error, not a crash
             log.warning("storage commitment report refused: undecodable event information (%s)", type(exc).__name__)
             return 0x0115, None
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        assoc = event.assoc
+        pacs = str((assoc.acceptor if assoc.is_requestor else assoc.requestor).ae_title).strip()
         try:
-            sink(report, calling_ae)
+            sink(report, pacs)
         except Exception:  # noqa: BLE001 - the PACS may report again; the node must not die of it
-            log.exception("storage commitment report from %s could not be recorded", calling_ae)
+            log.exception("storage commitment report from %s could not be recorded", pacs)
             return 0x0110, None
         return 0x0000, None
 

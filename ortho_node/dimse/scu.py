@@ -24,7 +24,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     Comprehensive3DSRStorage,
@@ -35,7 +35,7 @@ from pynetdicom.sop_class import (
 from ortho_node.config import DimseDestination
 from ortho_node.dimse.associations import AssociationPool
 from ortho_node.dimse.commitment import SOP_CLASS as COMMITMENT_SOP_CLASS
-from ortho_node.dimse.commitment import ObjectRef, send_request
+from ortho_node.dimse.commitment import ObjectRef, ReportSink, make_report_handler, send_request
 from ortho_node.dimse.tcp import LOW_LATENCY_HANDLERS
 from ortho_node.ingest.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from ortho_node.privacy import uid_ref
@@ -112,13 +112,15 @@ def send_files(
     timeout_s: float = 60,
     on_outcome: Callable[[SendOutcome], None] | None = None,
     associations: AssociationPool | None = None,
+    commitment_reports: ReportSink | None = None,
 ) -> list[SendOutcome]:
     """C-STORE each file to ``destination`` over one association.
 
     ``on_outcome`` is called as soon as each object's response arrives (so a crash mid-batch
     does not forget what was already delivered). With ``associations`` the batch borrows an
     idle association to the destination from the pool and leaves its own there afterwards;
-    without, it opens one and releases it.
+    without, it opens one and releases it. ``commitment_reports`` records storage commitment
+    reports a destination sends on an association the node opened (see :func:`request_commitment`).
 
     Raises
     ------
@@ -150,7 +152,7 @@ def send_files(
             if metas:
                 log.info("an idle association with %s was closed by the PACS; opening another", destination.name)
         if metas:
-            assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s)
+            assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s, commitment_reports)
             _send_over(assoc, key, associations, destination, metas, settle)
     return [
         outcomes.get(path) or SendOutcome(path, ok=False, transient=True, detail="association lost before sending")
@@ -166,11 +168,14 @@ def request_commitment(
     calling_ae_title: str,
     timeout_s: float = 60,
     associations: AssociationPool | None = None,
+    commitment_reports: ReportSink | None = None,
 ) -> None:
     """Ask ``destination`` to commit to ``refs`` (N-ACTION, Storage Commitment Push Model).
 
     Sent over the association the batch just used when the pool still holds it, else over a new
-    one. The PACS's answer on the objects comes later, as an N-EVENT-REPORT to the node's SCP.
+    one. The PACS's answer on the objects comes later, as an N-EVENT-REPORT: to the node's SCP on
+    an association of the PACS's own, or on this one while it is open (in the pool), where
+    ``commitment_reports`` records it.
 
     Raises
     ------
@@ -183,7 +188,7 @@ def request_commitment(
     key = _pool_key(destination, calling_ae_title, sop_classes)
     assoc = associations.take(key) if associations is not None else None
     if assoc is None:
-        assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s)
+        assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s, commitment_reports)
     finished = False
     try:
         send_request(assoc, transaction_uid, refs)
@@ -223,22 +228,32 @@ def _send_over(
     return lost
 
 
-def _associate(destination: DimseDestination, sop_classes: Sequence[str], calling_ae_title: str, timeout_s: float) -> Association:
-    """An established association proposing ``sop_classes`` (Explicit, then Implicit VR Little Endian)."""
+def _associate(
+    destination: DimseDestination,
+    sop_classes: Sequence[str],
+    calling_ae_title: str,
+    timeout_s: float,
+    commitment_reports: ReportSink | None = None,
+) -> Association:
+    """An established association proposing ``sop_classes`` (Explicit, then Implicit VR Little
+    Endian), and Storage Commitment for a destination that commits."""
     ae = AE(ae_title=destination.calling_ae_title or calling_ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for sop_class in sop_classes:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    handlers = list(LOW_LATENCY_HANDLERS)
     if destination.storage_commitment:  # the same association then carries the commitment request
         ae.add_requested_context(COMMITMENT_SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        if commitment_reports is not None:  # and may bring the report back
+            handlers.append((evt.EVT_N_EVENT_REPORT, make_report_handler(commitment_reports)))
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
         tls_args=(_client_tls_context(destination), None) if destination.tls else None,
-        evt_handlers=LOW_LATENCY_HANDLERS,
+        evt_handlers=handlers,
     )
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive

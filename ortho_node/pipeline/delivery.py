@@ -31,7 +31,7 @@ from ortho_node.config import DimseDestination, Settings, StowDestination
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Delivery, DeliveryState, JobEvent, StoredResult, utcnow
 from ortho_node.dimse.associations import AssociationPool
-from ortho_node.dimse.commitment import CommitmentRefused, ObjectRef
+from ortho_node.dimse.commitment import CommitmentReport, CommitmentRefused, ObjectRef, ReportSink
 from ortho_node.dimse.scu import DestinationUnavailable, SendOutcome, request_commitment, send_files
 from ortho_node.pipeline import commitment
 from ortho_node.pipeline.stow import store_files
@@ -41,15 +41,16 @@ log = logging.getLogger(__name__)
 DELIVER_TASK = "ortho.deliver"
 OutcomeCallback = Callable[[SendOutcome], None]
 Transport = Callable[
-    [DimseDestination | StowDestination, Sequence[Path], Settings, OutcomeCallback, AssociationPool | None],
+    [DimseDestination | StowDestination, Sequence[Path], Settings, OutcomeCallback, AssociationPool | None, ReportSink],
     list[SendOutcome],
 ]
 
 TRANSPORTS: dict[str, Transport] = {
-    "dimse": lambda dest, paths, settings, done, associations: send_files(
-        dest, paths, calling_ae_title=settings.dimse.ae_title, on_outcome=done, associations=associations
+    "dimse": lambda dest, paths, settings, done, associations, reports: send_files(
+        dest, paths, calling_ae_title=settings.dimse.ae_title, on_outcome=done, associations=associations,
+        commitment_reports=reports,
     ),
-    "stow": lambda dest, paths, settings, done, associations: store_files(dest, paths),
+    "stow": lambda dest, paths, settings, done, associations, reports: store_files(dest, paths),
 }
 
 
@@ -165,7 +166,9 @@ def run_deliveries(
             outcomes = [SendOutcome(i.path, ok=False, detail=f"destination {name!r} is no longer configured") for i in items]
         else:
             try:
-                outcomes = TRANSPORTS[destination.kind](destination, [i.path for i in items], settings, record, associations)
+                outcomes = TRANSPORTS[destination.kind](
+                    destination, [i.path for i in items], settings, record, associations, _report_sink(db, settings)
+                )
             except DestinationUnavailable as exc:
                 outcomes = [SendOutcome(i.path, ok=False, transient=exc.transient, detail=str(exc)) for i in items]
             except Exception as exc:  # noqa: BLE001 - every claimed row gets an outcome, never stays "sending"
@@ -181,6 +184,15 @@ def run_deliveries(
     return counts
 
 
+def _report_sink(db: Database, settings: Settings) -> ReportSink:
+    """Records a storage commitment report that comes back on an association the node opened."""
+
+    def sink(report: CommitmentReport, pacs: str) -> None:
+        commitment.record_report(db, settings, report, pacs)
+
+    return sink
+
+
 def _request_commitment(
     db: Database,
     settings: Settings,
@@ -194,6 +206,7 @@ def _request_commitment(
         request_commitment(
             destination, [item.ref for item in items], transaction_uid=transaction_uid,
             calling_ae_title=settings.dimse.ae_title, associations=associations,
+            commitment_reports=_report_sink(db, settings),
         )
     except (DestinationUnavailable, CommitmentRefused) as exc:
         log.warning("storage commitment request to %s: %s", destination.name, exc)
