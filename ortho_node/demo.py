@@ -80,11 +80,17 @@ def _demo_config(var_dir: Path, node_port: int, pacs_port: int, pacs_ae: str) ->
             "ae_title": "ORTHO",
             "host": "127.0.0.1",
             "port": node_port,
-            "allowed_callers": [{"ae_title": "DEMOMODALITY", "hosts": ["127.0.0.1"]}],
+            "allowed_callers": [
+                {"ae_title": "DEMOMODALITY", "hosts": ["127.0.0.1"]},
+                {"ae_title": pacs_ae, "hosts": ["127.0.0.1"]},  # its storage commitment reports
+            ],
         },
         "http": {"host": "127.0.0.1", "port": _free_port()},
         "stable_age": {"default_s": 2.0, "per_modality": {"CR": 2.0, "DX": 2.0, "MR": 3.0}},
-        "destinations": [{"kind": "dimse", "name": "demo-pacs", "ae_title": pacs_ae, "host": "127.0.0.1", "port": pacs_port}],
+        "destinations": [{
+            "kind": "dimse", "name": "demo-pacs", "ae_title": pacs_ae, "host": "127.0.0.1", "port": pacs_port,
+            "storage_commitment": True,
+        }],
     }
 
 
@@ -107,11 +113,12 @@ def run_demo(var_dir: Path, *, seed: int | None = None, timeout_s: float = 900, 
     seed = random.randrange(1, 10**6) if seed is None else seed
     demo_dir = var_dir / "demo" / f"run-{seed}"
     console.print(f"[bold]ortho-node demo[/bold] (seed {seed}) — {NOT_CLINICAL}")
-    pacs = DemoPacs(demo_dir / "pacs")
+    node_port = _free_port()
+    pacs = DemoPacs(demo_dir / "pacs", report_to=("ORTHO", "127.0.0.1", node_port))
     pacs_port = pacs.start()
     config_path = demo_dir / "config.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(yaml.safe_dump(_demo_config(var_dir, _free_port(), pacs_port, pacs.ae_title)))
+    config_path.write_text(yaml.safe_dump(_demo_config(var_dir, node_port, pacs_port, pacs.ae_title)))
     os.environ[CONFIG_ENV_VAR] = str(config_path)  # the worker process reads the same file
     settings = load_settings(config_path)
     node = Node(settings, start_worker=True, worker_env=dict(os.environ))
@@ -159,8 +166,12 @@ def _print_report(node: Node, studies: list[DemoStudy], pacs: DemoPacs, console:
                 select(Job, Study.study_instance_uid).join(Study, Job.study_id == Study.id).order_by(Job.id)
             ).all()
         }
-        results = session.execute(select(StoredResult.kind, StoredResult.sop_instance_uid)).all()
-    kinds = {uid: kind for kind, uid in results}
+        results = session.execute(
+            select(StoredResult.kind, StoredResult.sop_instance_uid, Delivery.committed_at)
+            .join(Delivery, Delivery.result_id == StoredResult.id)
+        ).all()
+    kinds = {uid: kind for kind, uid, _ in results}
+    committed = {uid for _, uid, at in results if at is not None}
     for item in studies:
         job = jobs.get(item.study.study_instance_uid)
         table = Table(title=f"{item.title} — ground truth: {_truth(item.study)}", title_justify="left")
@@ -183,11 +194,19 @@ def _print_report(node: Node, studies: list[DemoStudy], pacs: DemoPacs, console:
         if summary.get("model"):
             console.print(f"  model: {summary['model']}" + (" — synthetic, not for clinical use" if summary.get("synthetic_model") else ""))
     delivered = Table(title=f"Delivered to the stand-in PACS (DEMOPACS), files in {pacs.folder}", title_justify="left")
-    for column in ("object", "series", "file"):
+    for column in ("object", "series", "file", "committed"):
         delivered.add_column(column)
     titles = {item.study.study_instance_uid: item.title for item in studies}
     for obj in sorted(pacs.received, key=lambda o: (titles.get(o.study_instance_uid, ""), o.modality)):
-        kind = kinds.get(obj.path.stem.split("_", 1)[1], obj.modality)
-        delivered.add_row(f"{str(kind).upper()} for {titles.get(obj.study_instance_uid, 'study')}", obj.series_description, obj.path.name)
+        sop_instance_uid = obj.path.stem.split("_", 1)[1]
+        kind = kinds.get(sop_instance_uid, obj.modality)
+        delivered.add_row(
+            f"{str(kind).upper()} for {titles.get(obj.study_instance_uid, 'study')}", obj.series_description, obj.path.name,
+            "yes" if sop_instance_uid in committed else "[yellow]no[/yellow]",
+        )
     console.print(delivered)
+    console.print(
+        "committed: the PACS reported that it holds the object (DICOM Storage Commitment); "
+        "the node counts an object delivered only then"
+    )
     console.print(f"Look at them with any DICOM viewer, or: dcsrdump {pacs.folder}/SR_*.dcm")

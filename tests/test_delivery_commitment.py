@@ -81,6 +81,9 @@ def dropping_pacs(tmp_path) -> Iterator[Orthanc]:
     pacs.lua_scripts = [script]
     yield pacs
     pacs.stop()
+    log = pacs.workdir / "orthanc.log"
+    if log.exists():  # shown with a failure: what Orthanc made of the requests
+        print("----- orthanc.log (tail) -----\n" + log.read_text(errors="replace")[-4000:])
 
 
 def test_committed_objects_count_as_sent_and_dropped_ones_are_sent_again_then_dead_lettered(

@@ -7,7 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from sqlalchemy import select
 
+from ortho_node.config import Settings
+from ortho_node.db.engine import Database
+from ortho_node.db.models import Delivery
 from tests.infer_support import fixture_bundle_dir
 
 pytestmark = pytest.mark.timeout(600)
@@ -30,3 +34,11 @@ def test_demo_processes_generated_studies_and_delivers_sr_and_sc(tmp_path):
     pacs = list((tmp_path / "var" / "demo" / "run-11" / "pacs").glob("*.dcm"))
     kinds = sorted(p.name.split("_", 1)[0] for p in pacs)
     assert kinds.count("SR") == 3 and kinds.count("OT") >= 2, kinds
+    # The stand-in PACS committed to every object it holds, on its own association to the node.
+    db = Database(Settings(var_dir=tmp_path / "var").effective_database_url)
+    try:
+        with db.session() as session:
+            rows = session.execute(select(Delivery.state, Delivery.committed_at)).all()
+    finally:
+        db.dispose()
+    assert len(rows) == len(pacs) and all(state == "sent" and at is not None for state, at in rows), rows

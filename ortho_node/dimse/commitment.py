@@ -110,7 +110,12 @@ def send_request(assoc: Association, transaction_uid: str, refs: Sequence[Object
     except (RuntimeError, ValueError) as exc:
         raise CommitmentRefused(f"the commitment request could not be sent ({type(exc).__name__})") from exc
     if not status or "Status" not in status:
-        raise CommitmentRefused("no N-ACTION response (timeout or abort)")
+        why = (
+            "the association was aborted" if assoc.is_aborted
+            else "the association was released" if assoc.is_released
+            else "no answer in time"
+        )
+        raise CommitmentRefused(f"no N-ACTION response ({why})")
     code = int(status.Status)
     if code != 0x0000:
         raise CommitmentRefused(f"the PACS refused the commitment request (N-ACTION status 0x{code:04X})")

@@ -211,6 +211,10 @@ def _request_commitment(
     except (DestinationUnavailable, CommitmentRefused) as exc:
         log.warning("storage commitment request to %s: %s", destination.name, exc)
         commitment.refused(db, settings, transaction_uid, str(exc))
+    except Exception as exc:  # noqa: BLE001 - as for sending: the rows get an outcome, the worker goes on
+        why = f"the commitment request failed unexpectedly: {_error_name(exc)}"
+        log.error("storage commitment request to %s: %s", destination.name, why)
+        commitment.refused(db, settings, transaction_uid, why)
 
 
 def _error_name(exc: Exception) -> str:
