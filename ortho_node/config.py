@@ -228,7 +228,8 @@ class DimseDestination(_Section):
         False,
         description="after each batch, ask the PACS to commit to the objects it acknowledged (Storage "
         "Commitment Push Model, N-ACTION) and count them delivered only when its N-EVENT-REPORT says so; "
-        "what it reports missing is sent again. The PACS must know this node's AE title, host and port",
+        "what it reports missing is sent again. The PACS must know this node's AE title, host and port "
+        "(and be in dimse.allowed_callers where that list is set) to report",
     )
 
     @field_validator("ae_title")

@@ -121,7 +121,7 @@ class Node:
             self.http.start()
         self.scp = start_scp(
             settings.dimse, self.ingest, IngestMetrics(self.registry),
-            commitment_reports=lambda report, calling_ae: commitment.record_report(self.db, settings, report, calling_ae),
+            commitment_reports=lambda report, pacs_ae: commitment.record_report(self.db, settings, report, pacs_ae),
         )
         if self._start_worker:
             self.worker = EmbeddedWorker(self._worker_env)

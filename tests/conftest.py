@@ -9,10 +9,18 @@ from typing import Any
 
 import pytest
 
-from ortho_node.config import Settings
+from ortho_node.config import CONFIG_ENV_VAR, Settings
 from ortho_node.db.engine import Database
 from ortho_node.db.migrate import upgrade
 from tests.support.peers import NodeProcess, RedisServer, fresh_postgres_database, node_config
+
+
+@pytest.fixture(autouse=True)
+def no_config_file_from_another_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load_settings(path)`` sets ``ORTHO_CONFIG`` for the processes it starts; a test that
+    calls it would leave its file to every later test's ``Settings()`` (an AE title "FROMFILE"
+    turned up in a PACS's log). Each test starts without it and leaves none behind."""
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
 
 
 @pytest.fixture

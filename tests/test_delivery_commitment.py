@@ -67,7 +67,7 @@ def node_scp(settings, db: Database) -> RunningScp:
     ingest = IngestService(InstanceStore(settings.store_dir, quarantine=settings.quarantine_dir), Indexer(db))
     return start_scp(
         settings.dimse.model_copy(update={"port": 0}), ingest,
-        commitment_reports=lambda report, calling_ae: commitment.record_report(db, settings, report, calling_ae),
+        commitment_reports=lambda report, pacs_ae: commitment.record_report(db, settings, report, pacs_ae),
     )
 
 
@@ -95,7 +95,7 @@ def test_committed_objects_count_as_sent_and_dropped_ones_are_sent_again_then_de
     db, _ = prepare(settings, source, built)
     scp = node_scp(settings, db)
     try:
-        pacs.modalities = {"node": ["ORTHO", "127.0.0.1", scp.port]}
+        pacs.modalities = {"node": [settings.dimse.ae_title, "127.0.0.1", scp.port]}
         pacs.start()
         pacs.upload(study.files[0].path)
         sr_uid = str(built.sr.SOPInstanceUID)

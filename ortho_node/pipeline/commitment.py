@@ -61,7 +61,7 @@ def refused(db: Database, settings: Settings, transaction_uid: str, detail: str)
     return sum(moved.values())
 
 
-def record_report(db: Database, settings: Settings, report: CommitmentReport, calling_ae: str) -> dict[str, int]:
+def record_report(db: Database, settings: Settings, report: CommitmentReport, pacs_ae: str) -> dict[str, int]:
     """Apply a PACS's report: committed rows become sent; failed ones, and any the report does
     not mention, go back to pending (or dead). Returns counts of committed / retry / dead."""
     failures = {f.ref.sop_instance_uid: f"storage commitment failed: {f.reason_text}" for f in report.failed}
@@ -71,10 +71,10 @@ def record_report(db: Database, settings: Settings, report: CommitmentReport, ca
         default_failure="storage commitment: the PACS's report did not mention the object",
     )
     if not sum(counts.values()):
-        log.warning("storage commitment report from %s for an unknown or settled transaction", calling_ae)
+        log.warning("storage commitment report from %s for an unknown or settled transaction", pacs_ae)
     else:
         log.info(
-            "storage commitment report from %s: %s", calling_ae, ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+            "storage commitment report from %s: %s", pacs_ae, ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         )
     return counts
 
@@ -131,5 +131,5 @@ def expire(db: Database, settings: Settings, *, now: dt.datetime | None = None) 
                 .values(**_retry_values(settings, attempts, why, now))
             )
     if overdue:
-        log.warning("%d deliveries had no storage commitment report in time; sending them again", len(overdue))
+        log.warning("%d deliveries had no storage commitment report in time: pending again (or dead)", len(overdue))
     return len(overdue)
