@@ -12,7 +12,6 @@ built once at start-up and passed down explicitly; nothing changes them at run t
 from __future__ import annotations
 
 import datetime as dt
-
 import ipaddress
 import os
 import re

@@ -190,7 +190,7 @@ def conformance_statement(settings: Settings) -> str:
         " without a Transaction UID, 0x0110 when it could not be recorded. A report sent on the"
         " association that carried the request is recorded and answered the same way while the"
         " node keeps that association open (`delivery.association_idle_s`); after that the PACS"
-        " must open one of its own, as Orthanc and IHE RAD-10 Image Managers do. Objects in the Failed SOP"
+        " must open one of its own, as Orthanc always does. Objects in the Failed SOP"
         " Sequence (the Failure Reason is logged and shown by `ortho-node status`), objects the"
         " report does not mention, a refused N-ACTION, and objects not reported on within"
         f" `delivery.commitment_timeout_s` ({settings.delivery.commitment_timeout_s:g} s) are sent"

@@ -4,11 +4,11 @@ After a batch of results is acknowledged by C-STORE, the node asks the PACS to *
 an N-ACTION (action type 1) with a Transaction UID and the objects' SOP class / instance UIDs.
 The PACS answers at once that it took the request, and later reports (N-EVENT-REPORT, event
 type 1: all committed; 2: failures exist) which objects it holds and which it does not, with a
-failure reason per object. Most PACS (Orthanc, dcm4chee, IHE RAD-10 actors) send the report on
-an association of their own to the node's SCP, proposing the SCP role for this SOP class; the
-node's SCP accepts that role (``scp.build_ae``). Others send it on the association that carried
-the request while it is still open: the node's SCU binds the same handler to its associations
-(``scu``), which stay open a few seconds after a batch.
+failure reason per object. The standard lets the PACS send the report on an association of its
+own, proposing the SCP role for this SOP class (Orthanc always does; the node's SCP accepts that
+role, ``scp.build_ae``), or on the association that carried the request while it is still open
+(the node's SCU binds the same handler to its associations, ``scu``, which stay open a few
+seconds after a batch).
 
 This module only speaks DIMSE; what a report means for the deliveries is
 ``ortho_node.pipeline.commitment``'s.
@@ -17,8 +17,8 @@ This module only speaks DIMSE; what a report means for the deliveries is
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
