@@ -247,6 +247,12 @@ class StowDestination(_Section):
     password: SecretStr | None = None
     bearer_token: SecretStr | None = None
     verify_tls: bool = True
+    verify_stored: bool = Field(
+        False,
+        description="after each STOW-RS request, read the result series back by QIDO-RS and count as "
+        "delivered only the instances the server lists (some servers answer 'stored' for instances their "
+        "own rules discard); the others are sent again",
+    )
 
 
 class DeliverySettings(_Section):

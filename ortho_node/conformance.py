@@ -209,7 +209,10 @@ def conformance_statement(settings: Settings) -> str:
         " 200 all stored, 202 some, 409 none.",
         "",
         "STOW-RS user agent (destinations of kind `stow`; basic or bearer authentication) for the"
-        " result objects. No QIDO-RS, WADO-RS or UPS-RS yet.",
+        " result objects. With `verify_stored: true` it is also a QIDO-RS user agent: after each"
+        " request it searches the result series (`GET {url}/studies/{study}/series/{series}/instances`,"
+        " `includefield=SOPInstanceUID`) and counts as delivered only the instances listed; the others are"
+        " sent again (the retry policy above). No QIDO-RS, WADO-RS or UPS-RS origin server yet.",
         "",
         "## 5. Character sets",
         "",

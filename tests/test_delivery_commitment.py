@@ -4,7 +4,8 @@ Orthanc here runs a ``ReceivedInstanceFilter`` that drops Secondary Captures: it
 their C-STORE with Success (0x0000), as a PACS that loses what it acknowledged would. Only its
 storage commitment report tells the node; the node sends them again, then dead-letters them.
 The worker's delivery step runs in process (as in ``test_delivery.py``); the report arrives on
-the node's own SCP, on an association Orthanc opens.
+the node's own SCP, on an association Orthanc opens. The same Orthanc answers STOW-RS with 200
+for what it drops: the last test checks the QIDO-RS read-back that catches it.
 """
 
 from __future__ import annotations
@@ -319,3 +320,28 @@ def test_a_report_on_the_association_that_asked_is_recorded_by_the_worker(knee_r
     finally:
         pool.close()
         pacs.stop()
+
+
+def test_stow_read_back_catches_what_the_response_called_stored_but_the_server_dropped(
+    dropping_pacs, knee_results, tmp_path
+):
+    """The DICOMweb counterpart: Orthanc's STOW-RS answers 200 for the capture its filter drops;
+    with ``verify_stored`` the node reads the series back by QIDO-RS and sends it again."""
+    study, source, built = knee_results
+    pacs = dropping_pacs.start()
+    pacs.upload(study.files[0].path)
+    destination = {"kind": "stow", "name": "pacs", "url": pacs.dicomweb_url, "verify_stored": True}
+    settings = make_settings(tmp_path, [destination], max_attempts=2)
+    db, _ = prepare(settings, source, built)
+    kinds = {d.id: kind for d, kind in zip(deliveries(db), [o.kind.value for o in built])}
+    (batch,) = due_batches(db, republish_after=dt.timedelta(minutes=30))
+    assert run_deliveries(db, settings, batch) == {"sent": 1, "retry": len(built) - 1, "dead": 0}
+    rows = {kinds[d.id]: d for d in deliveries(db)}
+    assert rows["sr"].state == DeliveryState.SENT.value
+    assert rows["sc"].state == DeliveryState.PENDING.value
+    assert rows["sc"].last_error == "stored per the STOW-RS response, but QIDO-RS does not find it"
+
+    (again,) = wait_until(lambda: due_batches(db, republish_after=dt.timedelta(minutes=30)), timeout=10)
+    assert run_deliveries(db, settings, again) == {"sent": 0, "retry": 0, "dead": 1}
+    assert {kinds[d.id]: d.state for d in deliveries(db)} == {"sr": "sent", "sc": "dead"}
+    db.dispose()

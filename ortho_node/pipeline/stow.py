@@ -12,6 +12,12 @@ dicomweb-client parses a response body only when its Content-Type is exactly
 would have its Failed SOP Sequence ignored and every object counted as stored. A response
 hook strips the parameters before the client reads the header, and a 202 whose body still
 cannot be read leaves every object of the request to be retried: which were stored is unknown.
+
+A response that says "stored" is not always so: an origin server may answer 200 for an instance
+its own rules then discard (Orthanc does, for an instance its ``ReceivedInstanceFilter``
+drops). With ``verify_stored`` the node reads the result series back by QIDO-RS after the
+request and counts as stored only the instances the server lists; the others are sent again,
+as a storage commitment failure is for a DIMSE destination.
 """
 
 from __future__ import annotations
@@ -111,7 +117,42 @@ def store_files(destination: StowDestination, paths: Sequence[Path], *, timeout_
             outcomes[path] = unreadable(path, exc)
     if datasets:
         outcomes.update(_store(destination, datasets, timeout_s))
+        if destination.verify_stored:
+            stored = {path: datasets[path] for path, outcome in outcomes.items() if outcome.ok}
+            outcomes.update(_verify(destination, stored, timeout_s))
     return [outcomes[path] for path in paths]
+
+
+def _verify(destination: StowDestination, stored: dict[Path, Dataset], timeout_s: float) -> dict[Path, SendOutcome]:
+    """The outcome of each instance the STOW-RS response called stored, once QIDO-RS has
+    looked for it (one search per series)."""
+    client = _client(destination, timeout_s, [])
+    by_series: dict[tuple[str, str], dict[Path, Dataset]] = {}
+    for path, ds in stored.items():
+        by_series.setdefault((str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)), {})[path] = ds
+    outcomes = {}
+    for (study, series), members in by_series.items():
+        try:
+            found = {
+                str(Dataset.from_json(item).get("SOPInstanceUID", ""))
+                for item in client.search_for_instances(
+                    study_instance_uid=study, series_instance_uid=series, fields=["SOPInstanceUID"], get_remaining=True,
+                )
+            }
+        except requests.RequestException as exc:
+            code = exc.response.status_code if isinstance(exc, requests.HTTPError) and exc.response is not None else None
+            why = f"HTTP {code}" if code else type(exc).__name__
+            log.warning("QIDO-RS read-back from %s failed: %s", destination.name, why)
+            found, missing_detail = set(), f"stored per the STOW-RS response, not verified: QIDO-RS failed ({why})"
+        else:
+            missing_detail = "stored per the STOW-RS response, but QIDO-RS does not find it"
+        for path, ds in members.items():
+            if str(ds.SOPInstanceUID) in found:
+                outcomes[path] = SendOutcome(path, ok=True)
+            else:
+                outcomes[path] = SendOutcome(path, ok=False, transient=True, detail=missing_detail)
+                log.warning("STOW-RS to %s: an instance the response called stored is not found by QIDO-RS", destination.name)
+    return outcomes
 
 
 def _store(destination: StowDestination, datasets: dict[Path, Dataset], timeout_s: float) -> dict[Path, SendOutcome]:
