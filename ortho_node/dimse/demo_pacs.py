@@ -92,13 +92,12 @@ class DemoPacs:
             item.FailureReason = 0x0112  # no such object instance
         if failed:
             report.FailedSOPSequence = failed
-        threading.Thread(target=self._report, args=(report, bool(failed)), daemon=True).start()
+        threading.Thread(target=self._report, args=(self.report_to, report, bool(failed)), daemon=True).start()
         return 0x0000, None
 
-    def _report(self, report: Dataset, failures: bool) -> None:
+    def _report(self, node: tuple[str, str, int], report: Dataset, failures: bool) -> None:
         """The N-EVENT-REPORT, on an association of its own (after the N-ACTION response)."""
-        assert self.report_to is not None
-        node_ae, host, port = self.report_to
+        node_ae, host, port = node
         ae = AE(ae_title=self.ae_title)
         ae.add_requested_context(StorageCommitmentPushModel, [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian])
         assoc = ae.associate(
