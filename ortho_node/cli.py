@@ -242,13 +242,23 @@ def status(
     database_url: Optional[str] = typer.Option(None, "--database"),
 ) -> None:
     """Queue depth, jobs by state and recent failures (no PHI)."""
+    from sqlalchemy.exc import OperationalError
+
     from ortho_node.db.engine import Database
     from ortho_node.db.migrate import is_up_to_date
     from ortho_node.status import collect_status
 
     settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
     db = Database(settings.effective_database_url)
-    if not is_up_to_date(db.engine):
+    try:
+        migrated = is_up_to_date(db.engine)
+    except OperationalError as exc:  # no such folder, server down: say so, no traceback
+        err_console.print(
+            f"[red]cannot open the index database[/red] ({type(exc.orig).__name__}): check --var-dir / --database,"
+            " or create it with `ortho-node db upgrade`"
+        )
+        raise typer.Exit(1) from exc
+    if not migrated:
         err_console.print("[red]the index database is missing or not migrated[/red]: run `ortho-node db upgrade`")
         raise typer.Exit(1)
     snapshot = collect_status(db, quarantine_dir=settings.quarantine_dir)
@@ -267,6 +277,8 @@ def status(
         table.add_row(f"jobs {state}", str(count))
     for state, count in snapshot.deliveries_by_state.items():
         table.add_row(f"deliveries {state}", str(count))
+    if snapshot.committing_since:
+        table.add_row("  oldest waiting for the PACS's commitment since (UTC)", snapshot.committing_since)
     console.print(table)
     if snapshot.recent_failures:
         failures = Table(title="recent failures")

@@ -42,6 +42,7 @@ class NodeStatus:
     recent_failures: list[FailureLine] = field(default_factory=list)
     deliveries_by_state: dict[str, int] = field(default_factory=dict)
     dead_letters: list[DeadDelivery] = field(default_factory=list)
+    committing_since: str | None = None  # the oldest acknowledgement still waiting for the PACS's commitment
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -70,6 +71,9 @@ def collect_status(db: Database, *, quarantine_dir: Path, failures: int = 10) ->
             .limit(failures)
         ).all()
         deliveries = dict(session.execute(select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)).all())
+        committing_since = session.scalar(
+            select(func.min(Delivery.sent_at)).where(Delivery.state == DeliveryState.COMMITTING.value)
+        )
         dead = session.execute(
             select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.attempts, Delivery.last_error)
             .where(Delivery.state == DeliveryState.DEAD.value)
@@ -98,4 +102,5 @@ def collect_status(db: Database, *, quarantine_dir: Path, failures: int = 10) ->
         dead_letters=[
             DeadDelivery(delivery_id=i, job_id=j, destination=d, attempts=a, last_error=e or "") for i, j, d, a, e in dead
         ],
+        committing_since=committing_since.isoformat(timespec="seconds") if committing_since else None,
     )

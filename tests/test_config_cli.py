@@ -105,8 +105,16 @@ def test_routing_rules_file_is_loaded_after_inline_rules_and_errors_are_precise(
 def test_db_upgrade_and_status_on_a_fresh_var_dir(tmp_path):
     env = {"ORTHO_VAR_DIR": str(tmp_path / "var")}
     missing = run_cli("status", env=env)
-    assert missing.returncode == 1 and "db upgrade" in missing.stderr
+    assert missing.returncode == 1 and "db upgrade" in missing.stderr and "Traceback" not in missing.stderr
     assert run_cli("db", "upgrade", env=env).returncode == 0
     done = run_cli("status", "--json", env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["queue_depth"] == 0
+
+
+def test_status_says_when_it_cannot_open_the_index(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    broken = run_cli("status", env={"ORTHO_VAR_DIR": str(blocker / "var")})
+    assert broken.returncode == 1
+    assert "cannot open the index database" in broken.stderr and "Traceback" not in broken.stderr

@@ -171,12 +171,16 @@ def test_a_report_nobody_answers_in_time_sends_the_objects_again(knee_results, t
                                                 next_attempt_at=utcnow() + dt.timedelta(seconds=60)))
     transaction_uid = commitment.begin(db, ids)
     assert all(d.commitment_uid == transaction_uid for d in deliveries(db))
+    waiting = collect_status(db, quarantine_dir=settings.quarantine_dir)
+    assert waiting.deliveries_by_state[DeliveryState.COMMITTING.value] == len(ids)
+    assert waiting.committing_since == min(d.sent_at for d in deliveries(db)).isoformat(timespec="seconds")
 
     assert commitment.expire(db, settings) == 0, "not overdue yet"
     assert commitment.expire(db, settings, now=utcnow() + dt.timedelta(seconds=61)) == len(ids)
     rows = deliveries(db)
     assert {r.state for r in rows} == {DeliveryState.PENDING.value}
     assert all("no report from the PACS within 60 s" in r.last_error and r.commitment_uid is None for r in rows)
+    assert collect_status(db, quarantine_dir=settings.quarantine_dir).committing_since is None
 
     # A report that comes after the rows were given up on changes nothing.
     late = CommitmentReport(transaction_uid, tuple(ObjectRef(SC, u) for u in _uids(db)), ())
