@@ -242,22 +242,13 @@ def status(
     database_url: Optional[str] = typer.Option(None, "--database"),
 ) -> None:
     """Queue depth, jobs by state and recent failures (no PHI)."""
-    from sqlalchemy.exc import OperationalError
-
     from ortho_node.db.engine import Database
     from ortho_node.db.migrate import is_up_to_date
     from ortho_node.status import collect_status
 
     settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
     db = Database(settings.effective_database_url)
-    try:
-        migrated = is_up_to_date(db.engine)
-    except OperationalError as exc:  # no such folder, server down: say so, no traceback
-        err_console.print(
-            f"[red]cannot open the index database[/red] ({type(exc.orig).__name__}): check --var-dir / --database,"
-            " or create it with `ortho-node db upgrade`"
-        )
-        raise typer.Exit(1) from exc
+    migrated = is_up_to_date(db.engine)  # a database that cannot be opened: main() says so
     if not migrated:
         err_console.print("[red]the index database is missing or not migrated[/red]: run `ortho-node db upgrade`")
         raise typer.Exit(1)
@@ -450,7 +441,19 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 def main() -> None:
-    app()
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        app()
+    except OperationalError as exc:  # the index cannot be reached: one line, no traceback
+        err_console.print(
+            f"[red]cannot open the index database[/red] ({type(exc.orig).__name__}): check --var-dir / "
+            "--database and that the database server is up, or create it with `ortho-node db upgrade`"
+        )
+        raise SystemExit(1) from None
+    except NotADirectoryError as exc:
+        err_console.print(f"[red]not a folder[/red]: {exc.filename} (check --var-dir)")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

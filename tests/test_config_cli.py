@@ -112,9 +112,11 @@ def test_db_upgrade_and_status_on_a_fresh_var_dir(tmp_path):
     assert json.loads(done.stdout)["queue_depth"] == 0
 
 
-def test_status_says_when_it_cannot_open_the_index(tmp_path):
+@pytest.mark.parametrize("command", [("status",), ("resend",), ("jobs", "list"), ("store", "check"), ("db", "upgrade")])
+def test_commands_say_in_one_line_when_the_var_dir_is_unusable(tmp_path, command):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    broken = run_cli("status", env={"ORTHO_VAR_DIR": str(blocker / "var")})
+    broken = run_cli(*command, env={"ORTHO_VAR_DIR": str(blocker / "var")})
     assert broken.returncode == 1
-    assert "cannot open the index database" in broken.stderr and "Traceback" not in broken.stderr
+    assert "Traceback" not in broken.stderr and len(broken.stderr.strip().splitlines()) <= 3, broken.stderr
+    assert ("cannot open the index database" in broken.stderr) or ("not a folder" in broken.stderr), broken.stderr
