@@ -37,7 +37,9 @@ from ortho_node.status import collect_status
 from ortho_node.store import InstanceStore
 from tests.support.orthanc import Orthanc
 from tests.support.peers import ReferenceStoreScp
-from tests.test_delivery import deliveries, dimse_to, knee_results, make_settings, prepare  # noqa: F401 - fixture
+from tests.test_delivery import (  # noqa: F401 - knee_results is a fixture
+    deliveries, dimse_to, knee_results, make_settings, prepare, session_events,
+)
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 # Where nothing is sent: rows of a committing destination, moved by hand and by reports.
@@ -93,7 +95,7 @@ def test_committed_objects_count_as_sent_and_dropped_ones_are_sent_again_then_de
     study, source, built = knee_results
     pacs = dropping_pacs
     settings = make_settings(tmp_path, [dimse_to(pacs, storage_commitment=True)], max_attempts=2)
-    db, _ = prepare(settings, source, built)
+    db, job_id = prepare(settings, source, built)
     scp = node_scp(settings, db)
     try:
         pacs.modalities = {"node": [settings.dimse.ae_title, "127.0.0.1", scp.port]}
@@ -125,6 +127,13 @@ def test_committed_objects_count_as_sent_and_dropped_ones_are_sent_again_then_de
         assert rows["sc"].attempts == 2
         assert rows["sc"].last_error.startswith("gave up after 2 attempts: storage commitment failed: no such object")
         assert rows["sr"].state == DeliveryState.SENT.value, "a report for the SC leaves the SR as it was"
+
+        trail = [(e.kind, e.detail) for e in session_events(db, job_id) if e.kind in ("committed", "not-committed")]
+        assert trail == [
+            ("committed", "1 object(s) committed by 'pacs'"),
+            ("not-committed", "1 object(s) not committed by 'pacs': storage commitment failed: no such object instance (0x0112)"),
+            ("not-committed", "1 object(s) not committed by 'pacs': storage commitment failed: no such object instance (0x0112)"),
+        ], "the job's audit trail says what the PACS reported, each time"
 
         status = collect_status(db, quarantine_dir=settings.quarantine_dir)
         assert status.deliveries_by_state[DeliveryState.DEAD.value] == 1

@@ -10,6 +10,7 @@ What the PACS reports missing, what a refused request concerned, and what it has
 on within ``delivery.commitment_timeout_s`` goes back to pending (one more attempt: sent and
 asked about again; the PACS keeps one copy, the UIDs being the same) or, past
 ``delivery.max_attempts``, to the dead letters that ``status`` shows and ``resend`` replays.
+Each outcome is also an event in its job's audit trail (``ortho-node jobs events JOB``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import select, update
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
-from ortho_node.db.models import Delivery, DeliveryState, StoredResult, utcnow
+from ortho_node.db.models import Delivery, DeliveryState, JobEvent, StoredResult, utcnow
 from ortho_node.dimse.commitment import CommitmentReport
 
 log = logging.getLogger(__name__)
@@ -91,27 +92,43 @@ def _settle(
     """Move the committing rows of ``transaction_uid``; counts of committed / retry / dead."""
     now = utcnow()
     tally = {"committed": 0, "retry": 0, "dead": 0}
+    events: dict[tuple[int, str, str], int] = {}  # (job, destination, outcome) -> objects
     with db.session() as session:
         rows = session.execute(
-            select(Delivery.id, Delivery.attempts, StoredResult.sop_instance_uid)
+            select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.attempts, StoredResult.sop_instance_uid)
             .join(StoredResult, Delivery.result_id == StoredResult.id)
             .where(Delivery.commitment_uid == transaction_uid, Delivery.state == DeliveryState.COMMITTING.value)
         ).all()
-        for delivery_id, attempts, sop_instance_uid in rows:
+        for delivery_id, job_id, destination, attempts, sop_instance_uid in rows:
             if sop_instance_uid in committed:
                 values = dict(state=DeliveryState.SENT.value, committed_at=now, commitment_uid=None, last_error=None)
                 tally["committed"] += 1
+                outcome = "committed"
             else:
                 why = failures.get(sop_instance_uid, default_failure)
                 values = _retry_values(settings, attempts, why, now)
                 tally["retry" if values["state"] == DeliveryState.PENDING.value else "dead"] += 1
+                outcome = why
                 log.warning("delivery %d: %s", delivery_id, why)
             session.execute(
                 update(Delivery)
                 .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.COMMITTING.value)
                 .values(**values)
             )
+            events[(job_id, destination, outcome)] = events.get((job_id, destination, outcome), 0) + 1
+        for (job_id, destination, outcome), count in events.items():
+            session.add(_event(job_id, destination, outcome, count))
     return tally
+
+
+def _event(job_id: int, destination: str, outcome: str, count: int) -> JobEvent:
+    """The audit trail's line for ``count`` objects of a job with one commitment outcome."""
+    if outcome == "committed":
+        return JobEvent(job_id=job_id, kind="committed", detail=f"{count} object(s) committed by {destination!r}")
+    return JobEvent(
+        job_id=job_id, kind="not-committed", is_error=True,
+        detail=f"{count} object(s) not committed by {destination!r}: {outcome}"[:2000],
+    )
 
 
 def expire(db: Database, settings: Settings, *, now: dt.datetime | None = None) -> int:
@@ -119,17 +136,21 @@ def expire(db: Database, settings: Settings, *, now: dt.datetime | None = None) 
     now = now or utcnow()
     with db.session() as session:
         overdue = session.execute(
-            select(Delivery.id, Delivery.attempts).where(
+            select(Delivery.id, Delivery.job_id, Delivery.destination, Delivery.attempts).where(
                 Delivery.state == DeliveryState.COMMITTING.value, Delivery.next_attempt_at < now
             )
         ).all()
         why = f"storage commitment: no report from the PACS within {settings.delivery.commitment_timeout_s:g} s"
-        for delivery_id, attempts in overdue:
+        events: dict[tuple[int, str], int] = {}
+        for delivery_id, job_id, destination, attempts in overdue:
             session.execute(
                 update(Delivery)
                 .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.COMMITTING.value)
                 .values(**_retry_values(settings, attempts, why, now))
             )
+            events[(job_id, destination)] = events.get((job_id, destination), 0) + 1
+        for (job_id, destination), count in events.items():
+            session.add(_event(job_id, destination, why, count))
     if overdue:
         log.warning("%d deliveries had no storage commitment report in time: pending again (or dead)", len(overdue))
     return len(overdue)
