@@ -248,8 +248,7 @@ def status(
 
     settings = _settings(**_cli_overrides(var_dir=var_dir, database_url=database_url))
     db = Database(settings.effective_database_url)
-    migrated = is_up_to_date(db.engine)  # a database that cannot be opened: main() says so
-    if not migrated:
+    if not is_up_to_date(db.engine):  # one that cannot be opened at all: main() says so
         err_console.print("[red]the index database is missing or not migrated[/red]: run `ortho-node db upgrade`")
         raise typer.Exit(1)
     snapshot = collect_status(db, quarantine_dir=settings.quarantine_dir)

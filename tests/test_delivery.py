@@ -23,7 +23,7 @@ from ortho_node.db.migrate import upgrade
 from ortho_node.db.models import Delivery, DeliveryState, Job, JobEvent, StoredResult, Study, utcnow
 from ortho_node.ingest.part10 import read_part10_meta
 from ortho_node.phantoms import XrayPhantomSpec, write_knee_study
-from ortho_node.pipeline.delivery import backoff, due_batches, resend, retarget, run_deliveries
+from ortho_node.pipeline.delivery import due_batches, resend, retarget, run_deliveries
 from ortho_node.pipeline.results_record import record_results
 from ortho_node.results import build_result_objects
 from ortho_node.status import collect_status
@@ -118,7 +118,7 @@ def test_destination_down_retries_then_dead_letters_and_resend_delivers_without_
     assert {r.state for r in rows} == {DeliveryState.PENDING.value}
     assert all(r.next_attempt_at > utcnow() and "cannot associate" in r.last_error for r in rows)
     assert due_batches(db, republish_after=dt.timedelta(minutes=30)) == [], "backoff: not due yet"
-    assert due_batches(db, republish_after=dt.timedelta(minutes=30), now=utcnow() + backoff(settings, 1)) == [ids]
+    assert due_batches(db, republish_after=dt.timedelta(minutes=30), now=utcnow() + settings.delivery.backoff(1)) == [ids]
 
     assert run_deliveries(db, settings, ids) == {"sent": 0, "retry": 0, "dead": 0}, "not due: nothing claimed"
     with db.session() as session:  # fast-forward the backoff

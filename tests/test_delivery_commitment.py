@@ -42,8 +42,15 @@ from tests.test_delivery import (  # noqa: F401 - knee_results is a fixture
 )
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def committing(name: str, ae_title: str, port: int) -> dict:
+    """A DIMSE destination on loopback that is asked to commit."""
+    return {"kind": "dimse", "name": name, "ae_title": ae_title, "host": "127.0.0.1", "port": port, "storage_commitment": True}
+
+
 # Where nothing is sent: rows of a committing destination, moved by hand and by reports.
-OFFLINE_PACS = {"kind": "dimse", "name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 9, "storage_commitment": True}
+OFFLINE_PACS = committing("pacs", "PACS", 9)
 DROP_CAPTURES = f"""
 function ReceivedInstanceFilter(dicom, origin, info)
   return dicom.SOPClassUID ~= "{SC}"
@@ -153,9 +160,7 @@ def test_a_pacs_without_storage_commitment_gets_the_objects_and_they_go_back_to_
     _, source, built = knee_results
     pacs = ReferenceStoreScp(tmp_path / "storescp").start()
     try:
-        destination = {"kind": "dimse", "name": "pacs", "ae_title": "STORESCP", "host": "127.0.0.1",
-                       "port": pacs.port, "storage_commitment": True}
-        settings = make_settings(tmp_path, [destination], max_attempts=3)
+        settings = make_settings(tmp_path, [committing("pacs", "STORESCP", pacs.port)], max_attempts=3)
         db, _ = prepare(settings, source, built)
         (batch,) = due_batches(db, republish_after=dt.timedelta(minutes=30))
         assert run_deliveries(db, settings, batch)["committing"] == len(built)
@@ -315,9 +320,7 @@ def test_a_report_on_the_association_that_asked_is_recorded_by_the_worker(knee_r
     pacs = ReportingOnTheSameAssociation(keep=lambda sop_class: sop_class != SC)
     pool = AssociationPool(idle_s=5)
     try:
-        destination = {"kind": "dimse", "name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1",
-                       "port": pacs.port, "storage_commitment": True}
-        settings = make_settings(tmp_path, [destination], max_attempts=1)
+        settings = make_settings(tmp_path, [committing("archive", "ARCHIVE", pacs.port)], max_attempts=1)
         db, _ = prepare(settings, source, built)
         (batch,) = due_batches(db, republish_after=dt.timedelta(minutes=30))
         assert run_deliveries(db, settings, batch, associations=pool)["committing"] == len(built)

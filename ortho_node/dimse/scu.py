@@ -145,7 +145,7 @@ def send_files(
         key = _pool_key(destination, calling_ae_title, sop_classes)
         borrowed = associations.take(key) if associations is not None else None
         if borrowed is not None:
-            lost = _send_over(borrowed, key, associations, destination, metas, settle)
+            lost = _use(borrowed, key, associations, lambda assoc: _send(assoc, destination, metas, settle))
             unsent = {path: meta for path, meta in metas.items() if path not in outcomes}
             # Closed by the PACS before the first response: the batch once more, on a new one.
             metas = unsent if lost and len(unsent) == len(metas) else {}
@@ -153,7 +153,7 @@ def send_files(
                 log.info("an idle association with %s was closed by the PACS; opening another", destination.name)
         if metas:
             assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s, commitment_reports)
-            _send_over(assoc, key, associations, destination, metas, settle)
+            _use(assoc, key, associations, lambda assoc: _send(assoc, destination, metas, settle))
     return [
         outcomes.get(path) or SendOutcome(path, ok=False, transient=True, detail="association lost before sending")
         for path in paths
@@ -189,35 +189,25 @@ def request_commitment(
     assoc = associations.take(key) if associations is not None else None
     if assoc is None:
         assoc = _associate(destination, sop_classes, calling_ae_title, timeout_s, commitment_reports)
-    finished = False
-    try:
-        send_request(assoc, transaction_uid, refs)
-        finished = True
-    finally:
-        if associations is not None and finished:
-            associations.give_back(key, assoc)
-        elif assoc.is_established:
-            assoc.release()
+    _use(assoc, key, associations, lambda assoc: send_request(assoc, transaction_uid, refs))
 
 
 def _pool_key(destination: DimseDestination, calling_ae_title: str, sop_classes: Sequence[str]) -> tuple:
     return (destination.model_dump_json(), destination.calling_ae_title or calling_ae_title, tuple(sop_classes))
 
 
-def _send_over(
+def _use(
     assoc: Association,
     key: tuple,
     associations: AssociationPool | None,
-    destination: DimseDestination,
-    metas: dict[Path, FileMetaDataset],
-    settle: Callable[[SendOutcome], None],
+    work: Callable[[Association], None],
 ) -> bool:
-    """Send the batch over ``assoc``, then leave it in the pool (or release it); return whether
-    the association was lost. One that a batch left by an unexpected error is released, never
-    lent again."""
+    """Do ``work`` over ``assoc`` (a batch, a commitment request), then leave it in the pool (or
+    release it); return whether the association was lost. One that the work left by an error
+    is released, never lent again."""
     finished = False
     try:
-        _send(assoc, destination, metas, settle)
+        work(assoc)
         finished = True
     finally:
         lost = not assoc.is_established

@@ -26,6 +26,7 @@ from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Delivery, DeliveryState, JobEvent, StoredResult, utcnow
 from ortho_node.dimse.commitment import CommitmentReport
+from ortho_node.pipeline.attempts import after_failed_attempt
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +41,6 @@ def begin(db: Database, delivery_ids: Sequence[int]) -> str:
             .values(commitment_uid=transaction_uid)
         )
     return transaction_uid
-
-
-def _retry_values(settings: Settings, attempts: int, why: str, now: dt.datetime) -> dict:
-    """Pending again with backoff, or dead when that was the last attempt."""
-    if attempts < settings.delivery.max_attempts:
-        return dict(
-            state=DeliveryState.PENDING.value, next_attempt_at=now + settings.delivery.backoff(attempts),
-            published_at=None, commitment_uid=None, last_error=why[:2000],
-        )
-    return dict(
-        state=DeliveryState.DEAD.value, commitment_uid=None,
-        last_error=f"gave up after {attempts} attempts: {why}"[:2000],
-    )
 
 
 def refused(db: Database, settings: Settings, transaction_uid: str, detail: str) -> int:
@@ -106,7 +94,7 @@ def _settle(
                 outcome = "committed"
             else:
                 why = failures.get(sop_instance_uid, default_failure)
-                values = _retry_values(settings, attempts, why, now)
+                values = after_failed_attempt(settings, attempts, why, now=now)
                 tally["retry" if values["state"] == DeliveryState.PENDING.value else "dead"] += 1
                 outcome = why
                 log.warning("delivery %d: %s", delivery_id, why)
@@ -146,7 +134,7 @@ def expire(db: Database, settings: Settings, *, now: dt.datetime | None = None) 
             session.execute(
                 update(Delivery)
                 .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.COMMITTING.value)
-                .values(**_retry_values(settings, attempts, why, now))
+                .values(**after_failed_attempt(settings, attempts, why, now=now))
             )
             events[(job_id, destination)] = events.get((job_id, destination), 0) + 1
         for (job_id, destination), count in events.items():

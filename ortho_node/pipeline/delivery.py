@@ -34,6 +34,7 @@ from ortho_node.dimse.associations import AssociationPool
 from ortho_node.dimse.commitment import CommitmentReport, CommitmentRefused, ObjectRef, ReportSink
 from ortho_node.dimse.scu import DestinationUnavailable, SendOutcome, request_commitment, send_files
 from ortho_node.pipeline import commitment
+from ortho_node.pipeline.attempts import after_failed_attempt
 from ortho_node.pipeline.stow import store_files
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,6 @@ class ClaimedDelivery:
     path: Path
     attempts: int
     ref: ObjectRef
-
-
-def backoff(settings: Settings, attempts: int) -> dt.timedelta:
-    return settings.delivery.backoff(attempts)
 
 
 def due_batches(db: Database, *, republish_after: dt.timedelta, now: dt.datetime | None = None) -> list[list[int]]:
@@ -236,19 +233,14 @@ def _record(db: Database, settings: Settings, item: ClaimedDelivery, outcome: Se
     elif outcome.ok:
         values = dict(state=DeliveryState.SENT.value, sent_at=now, last_error=None)
         verdict = "sent"
-    elif outcome.transient and item.attempts < settings.delivery.max_attempts:
-        values = dict(
-            state=DeliveryState.PENDING.value,
-            next_attempt_at=now + backoff(settings, item.attempts),
-            published_at=None,
-            last_error=outcome.detail[:2000],
-        )
-        verdict = "retry"
     else:
-        why = outcome.detail if not outcome.transient else f"gave up after {item.attempts} attempts: {outcome.detail}"
-        values = dict(state=DeliveryState.DEAD.value, last_error=why[:2000])
-        verdict = "dead"
-        log.error("delivery %d to %s dead-lettered: %s", item.delivery_id, item.destination, why)
+        values = (
+            after_failed_attempt(settings, item.attempts, outcome.detail, now=now) if outcome.transient
+            else dict(state=DeliveryState.DEAD.value, last_error=outcome.detail[:2000])  # permanent: no retry
+        )
+        verdict = "retry" if values["state"] == DeliveryState.PENDING.value else "dead"
+        if verdict == "dead":
+            log.error("delivery %d to %s dead-lettered: %s", item.delivery_id, item.destination, values["last_error"])
     with db.session() as session:
         # The claim's attempt number is its token: a worker that outlived its lease (the row
         # went back to pending and another worker claimed it) must not overwrite that claim.
