@@ -254,6 +254,32 @@ def dciodvfy(ds: Dataset, path: Path) -> tuple[list[str], str]:
     return errors, out
 
 
+def dcentvfy(datasets: Sequence[Dataset], folder: Path) -> tuple[list[str], str]:
+    """Write ``datasets`` to ``folder`` and run dicom3tools' ``dcentvfy`` over them together:
+    patient, study and series attributes must agree across the instances that share an entity
+    (dciodvfy judges one object alone). Return (error lines, full output)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, ds in enumerate(datasets):
+        path = folder / f"{index:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(str(path))
+    proc = subprocess.run(["dcentvfy", *paths], capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if line.startswith("Error")]
+    return errors, out
+
+
+ALLOWED_ENTITY_WARNINGS = (
+    # dicom3tools' tables place Accession Number in a Key Object Selection's series, not its study
+    "Different information entities for attribute - Element=<AccessionNumber> IE <Series> versus <Study>",
+)
+
+
+def unexpected_entity_warnings(output: str) -> list[str]:
+    return [w for w in warnings_of(output) if not any(a in w for a in ALLOWED_ENTITY_WARNINGS)]
+
+
 def warnings_of(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("Warning")]
 

@@ -1,4 +1,5 @@
-"""Every object the node writes for real model output passes dciodvfy and reads back.
+"""Every object the node writes for real model output passes dciodvfy, agrees with its source
+study under dcentvfy, and reads back.
 
 The analyser (test-fixture bundle: fast, meaningless weights) runs on phantom studies of each
 kind the issue names — X-ray, bilateral X-ray, MRI, out of scope — and the results stage builds
@@ -43,6 +44,10 @@ def test_objects_built_from_model_findings_are_valid_dicom(analyser, kind, tmp_p
         errors, output = rs.dciodvfy(item.dataset, tmp_path / f"{item.kind.value}{index}.dcm")
         assert not errors, f"{item.kind.value}: {output}"
         assert not rs.unexpected_warnings(output), output
+    # the results join the source study: its patient, study and series entities stay consistent
+    errors, output = rs.dcentvfy([*sources, *(item.dataset for item in built)], tmp_path / "study")
+    assert not errors, output
+    assert not rs.unexpected_entity_warnings(output), output
     sr = hd.sr.srread(tmp_path / f"sr{kinds.index('sr')}.dcm")
     groups = rs.all_groups(sr)
     if kind == "out-of-scope":

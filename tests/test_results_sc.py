@@ -233,7 +233,9 @@ def test_phantom_study_with_compressed_sources_end_to_end(tmp_path):
     for i, obj in enumerate(results):
         _errors(obj.dataset, tmp_path / f"{i}.dcm")
     cr_sc, mr_sc = results.secondary_captures
-    assert (cr_sc.Laterality, mr_sc.Laterality) == ("L", "R")
+    # two knees in one SC series: each capture states its side, the series attribute none
+    assert (cr_sc.ImageLaterality, mr_sc.ImageLaterality) == ("L", "R")
+    assert "Laterality" not in cr_sc and "Laterality" not in mr_sc
     assert mr_sc.SourceImageSequence[0].ReferencedSOPInstanceUID == key.SOPInstanceUID
     # the MONOCHROME1 radiograph is windowed (its VOI window) and inverted: high raw values dark
     raw = cr.pixel_array.astype(float)

@@ -23,6 +23,7 @@ from tests.results_support import (
     acl_finding,
     algorithm_of,
     all_groups,
+    dcentvfy,
     dciodvfy,
     failed,
     group_by_text,
@@ -369,7 +370,11 @@ def test_bilateral_on_two_images(tmp_path):
     assert roi_image_uid(left.roi) == left_dx.SOPInstanceUID
     assert roi_image_uid(right.roi) == right_dx.SOPInstanceUID
     captures = case.results.secondary_captures
-    assert [sc.Laterality for sc in captures] == ["L", "R"]
+    # Laterality is a series attribute and the captures share a series: each states its own side
+    assert [sc.ImageLaterality for sc in captures] == ["L", "R"]
+    assert not any("Laterality" in sc for sc in captures)
+    errors, output = dcentvfy([left_dx, right_dx, *(o.dataset for o in case.results)], tmp_path / "entities")
+    assert not errors, output
 
 
 def test_out_of_scope_is_stated_not_omitted(out_of_scope: Case):

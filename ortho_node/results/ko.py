@@ -118,4 +118,5 @@ class FindingsKeyObjects(hd.ko.KeyObjectSelectionDocument):
             software_versions=model.version,
             specific_character_set=character_set(selected[0], texts_of(findings)),
         )
+        self.copy_patient_and_study_information(selected[0])  # as the SR and SCs carry them
         self.DeviceUID = model.device_uid

@@ -7,11 +7,13 @@ is RGB 8-bit: the windowed source, the explanation heatmaps, an ROI box per find
 panel below the image (title, result, probability, model, "AI result - not a diagnosis", and
 "Synthetic model - not for clinical use" for synthetic models). ``BurnedInAnnotation`` is YES.
 
-It belongs to the source study, in the result's own SC series. Laterality is copied from the
-source (Image Laterality / Laterality: R or L), else taken from the findings when they name a
-single side. For a bilateral image (source "B", or left and right findings on one image) the SC
-gets Image Laterality "B" instead, as the series attribute has no "both"; an unknown side leaves
-Laterality empty. Patient Orientation is copied from the source, else derived from Image
+It belongs to the source study, in the result's own SC series, with the source's Patient and
+Study modules. Its side is copied from the source (Image Laterality / Laterality: R, L or B),
+else taken from the findings (one side named, or left and right findings on one image: "B").
+A side R or L goes into the series' Laterality when every capture of the study shows that knee,
+else into each capture's Image Laterality (Laterality is a series attribute: the knees of a
+bilateral study on separate images do not share one); "B" is always Image Laterality, as the
+series attribute has no "both"; an unknown side leaves Laterality empty. Patient Orientation is copied from the source, else derived from Image
 Orientation (Patient) (the dominant patient direction of the row and column axes; the SC has
 the source's pixel grid, enlarged by an integer factor); when neither exists it is left empty
 (Type 2C, zero length: unknown orientation is not guessed).
@@ -232,12 +234,15 @@ class FindingsCapture(hd.sc.SCImage):
             software_versions=model.version,
             specific_character_set=character_set(header, texts_of(findings)),
         )
+        # the Patient and Study modules as the source has them, as highdicom's SR copies them:
+        # a PACS that meets the study first through this object shows it complete
+        self.copy_patient_and_study_information(header)
         if not valid:
             # oblique letters ("AL") are valid DICOM but not in highdicom's enum; unknown stays empty
             self.PatientOrientation = orientation if orientation is not None else ""
         if laterality == "B":
             # General Series Laterality has no "both"; Image Laterality (General Image) does, and
-            # its presence lifts the Type 2C requirement on Laterality
+            # its presence lifts the Type 2C requirement on Laterality (which must then be absent)
             self.ImageLaterality = "B"
         elif laterality is None:
             self.Laterality = ""  # Type 2C, zero length: side unknown
@@ -279,7 +284,7 @@ class FindingsCapture(hd.sc.SCImage):
         """
         findings = check_findings(findings)
         arrays = _check_display_arrays(display_arrays)
-        return [
+        captures = [
             cls(
                 findings,
                 key_image=image,
@@ -291,6 +296,23 @@ class FindingsCapture(hd.sc.SCImage):
             )
             for number, image in enumerate(key_images(findings), start=1)
         ]
+        _agree_on_series_laterality(captures)
+        return captures
+
+
+def _agree_on_series_laterality(captures: Sequence[FindingsCapture]) -> None:
+    """Laterality is a series attribute, and the captures of a study share one series: it may
+    name a side only where every capture shows that same knee. Otherwise (the two knees of a
+    bilateral study on separate images) each capture states its own side as Image Laterality
+    instead, and the series attribute goes (it must be absent where Image Laterality is present)."""
+    sides = {str(capture.get("ImageLaterality") or capture.get("Laterality") or "") for capture in captures}
+    if len(sides) <= 1:
+        return
+    for capture in captures:
+        side = str(capture.get("Laterality") or "")
+        if side in ("R", "L"):
+            del capture.Laterality
+            capture.ImageLaterality = side
 
 
 def _check_display_arrays(display_arrays: Mapping[str, np.ndarray] | None) -> Mapping[str, np.ndarray]:
