@@ -15,6 +15,7 @@ from ortho_node.model.study import StudyAnalyser
 from ortho_node.phantoms import MRPhantomSpec, build_knee_study
 from ortho_node.phantoms.nonknee import build_non_knee_study
 from ortho_node.results import build_result_objects
+from ortho_node.results._common import finding_heading
 from tests import results_support as rs
 from tests.infer_support import fixture_bundle_dir, small_mr, small_xray
 
@@ -66,4 +67,13 @@ def test_objects_built_from_model_findings_are_valid_dicom(analyser, kind, tmp_p
         assert tracking, [g.tracking_identifier for g in groups]
         probabilities = [m.value for g in tracking for m in g.get_measurements()]
         assert any(abs(float(p) - finding.probability) < 1e-3 for p in probabilities)
+        # the head's own probability concept holds what its name says: for a binary head the
+        # probability of the positive class (not of "absent"), for a graded head of the grade
+        assert finding.probability_concept is not None
+        triple = finding.probability_concept
+        concept = hd.sr.CodedConcept(triple.value, triple.scheme, triple.meaning)
+        (group,) = [g for g in groups if g.tracking_identifier == finding_heading(finding)]
+        (named,) = group.get_measurements(name=concept)
+        expected = finding.positive_probability if finding.kind.value == "binary" else finding.probability
+        assert float(named.value) == pytest.approx(expected, abs=1e-6), (finding.task, finding.label)
     assert "sc" in kinds and "ko" in kinds

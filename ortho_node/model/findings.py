@@ -93,7 +93,9 @@ class Finding:
     ``label`` / ``value_code`` name the predicted class (e.g. KL grade 3, or Present/Absent);
     ``probability`` is the calibrated probability of that class; ``probabilities`` lists all
     classes in the head's label order. ``positive_probability`` is the calibrated probability
-    of the positive class for binary heads (None otherwise).
+    of the positive class for binary heads (None otherwise). ``probability_concept`` is the
+    head's name for its probability (see :class:`ortho_node.model.heads.TaskCodes`): it names
+    ``positive_probability`` for a binary head, ``probability`` for a graded one.
     """
 
     task: str

@@ -170,7 +170,9 @@ class TaskCodes:
     values : tuple of CodeTriple
         One value code per label, in label order.
     probability : CodeTriple, optional
-        Name of the numeric probability item.
+        Name of the numeric probability item: for a binary head the probability of the positive
+        class (e.g. "Probability of injury of anterior cruciate ligament"), for a graded head
+        the probability of the predicted grade.
     """
 
     finding_type: CodeTriple

@@ -14,7 +14,9 @@ Content tree (PS3.16 templates):
     TID 4108 tracking identifier (deterministic UID plus readable text), finding type, finding
     site with laterality, TID 4019 algorithm identification (family "Artificial Intelligence"),
     the coded result as a qualitative evaluation and the calibrated probability as a TID 300 NUM
-    (UCUM ``1``, itself with TID 4019 and the source images);
+    (UCUM ``1``, itself with TID 4019 and the source images): of the predicted grade for a graded
+    head; for a binary head two NUMs, the probability of the stated result ("<task> result
+    probability") and, under the head's own concept, of the positive class (the finding);
   - one TID 1501 group per task that was not evaluated (out of scope / failed) and, for an out of
     scope study, one for the study: finding (NOT-EVALUATED, 99ORTHO), status CODE, TEXT reason;
   - a TID 1500 "Qualitative Evaluations" container with the model disclaimer and, for an out of
@@ -167,6 +169,21 @@ def _named(item: Dataset, code: Code) -> bool:
     return name.get("CodeValue") == code.value and name.get("CodingSchemeDesignator") == code.scheme_designator
 
 
+def probability_names(finding: Finding) -> tuple[Code, Code | None]:
+    """The NUM concepts of a finding: (probability of the stated result, probability of the
+    positive class or None). A head's own probability concept names what its meaning says: for
+    a binary head the positive class ("Probability of injury of anterior cruciate ligament"),
+    never the stated result, which for "absent" is its complement; for a graded head the
+    predicted grade."""
+    own = oc.coded(finding.probability_concept) if finding.probability_concept is not None else None
+    if finding.kind is HeadKind.BINARY:
+        return (
+            oc.probability_concept(finding.task, finding.title),
+            own or oc.positive_probability_concept(finding.task, finding.title),
+        )
+    return own or oc.probability_concept(finding.task, finding.title), None
+
+
 def finding_group(
     finding: Finding, *, model: ModelIdentity, uids: ResultUIDs, late: list[_LateItems] | None = None
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations:
@@ -179,14 +196,9 @@ def finding_group(
     )
     laterality = oc.LATERALITY[finding.laterality] if finding.laterality is not None else None
     site = hd.sr.FindingSite(anatomic_location=oc.coded(finding.finding_site), laterality=laterality)
-    probability_name = (
-        oc.coded(finding.probability_concept)
-        if finding.probability_concept is not None
-        else oc.probability_concept(finding.task, finding.title)
-    )
-    values = [(probability_name, finding.probability)]
+    values = [(probability_names(finding)[0], finding.probability)]
     if finding.kind is HeadKind.BINARY and finding.positive_probability is not None:
-        values.append((oc.positive_probability_concept(finding.task, finding.title), finding.positive_probability))
+        values.append((probability_names(finding)[1], finding.positive_probability))
     measurements = []
     for name, value in values:
         sources = _image_items(finding.source_images, hd.sr.SourceImageForMeasurement)
