@@ -7,6 +7,7 @@ them in Orthanc in the same study. Also: results routed back to the node are not
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -102,6 +103,13 @@ def test_orthanc_push_comes_back_as_sr_and_sc_in_the_same_study(node_factory, tm
             in_pacs = results_in(orthanc, knee_study.study_instance_uid)
             assert {r.state for r in rows} == {"sent"} and len(rows) == len(in_pacs[SR]) + len(in_pacs[SC])
         assert {"build_report", "deliver_report", "build_attachments"} <= set(job.summary["timing_s"])
+        # what the PACS now holds of the study, sources and results together, is one consistent
+        # patient / study / series hierarchy (the two knees' captures share a series)
+        files = orthanc.download_study(knee_study.study_instance_uid, tmp_path / "in-pacs")
+        entities = subprocess.run(["dcentvfy", *map(str, files)], capture_output=True, text=True, timeout=60)
+        assert not [line for line in entities.stdout.splitlines() + entities.stderr.splitlines() if line.startswith("Error")], (
+            entities.stdout + entities.stderr
+        )
 
         # A routing rule that sends the whole study back (now with our SR/SC) must not loop.
         orthanc.push_study_to("node", knee_study.study_instance_uid)

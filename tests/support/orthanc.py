@@ -122,3 +122,15 @@ class Orthanc:
         except LookupError:
             return []
         return [self.get(f"/instances/{i['ID']}/simplified-tags") for i in self.get(f"/studies/{orthanc_id}/instances")]
+
+    def download_study(self, study_instance_uid: str, folder: Path) -> list[Path]:
+        """Every instance Orthanc holds for the study, as the Part 10 files it stored."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for item in self.get(f"/studies/{self.study_id(study_instance_uid)}/instances"):
+            response = httpx.get(f"{self.url}/instances/{item['ID']}/file", timeout=60)
+            response.raise_for_status()
+            path = folder / f"{item['ID']}.dcm"
+            path.write_bytes(response.content)
+            paths.append(path)
+        return paths
