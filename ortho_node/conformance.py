@@ -206,7 +206,9 @@ def conformance_statement(settings: Settings) -> str:
         " a C-STORE (durable, indexed, then reported stored); the response is DICOM JSON with the"
         " Referenced SOP Sequence and a Failed SOP Sequence whose Failure Reasons are the C-STORE"
         " statuses above (0xA900 also for an instance of another study than the one addressed):"
-        " 200 all stored, 202 some, 409 none.",
+        " 200 all stored, 202 some, 409 none. A request refused as a whole (401 token, 413 size,"
+        " 415 media type, 400 unreadable multipart) is answered with RFC 9457 problem details"
+        " (`application/problem+json`: type, title, status, detail), as are the admin API's errors.",
         "",
         "STOW-RS user agent (destinations of kind `stow`; basic or bearer authentication) for the"
         " result objects. With `verify_stored: true` it is also a QIDO-RS user agent: after each"

@@ -81,9 +81,17 @@ def test_stow_refusals_are_precise(node_factory, study):
     first = study.files[0].path.read_bytes()
     body, content_type = multipart([("application/dicom", first)])
 
-    assert httpx.post(base, content=body, headers={"Content-Type": content_type}).status_code == 401
-    assert httpx.post(base, content=body, headers={**auth, "Content-Type": "application/dicom"}).status_code == 415
-    assert httpx.post(base, content=b"garbage", headers={**auth, "Content-Type": content_type}).status_code == 400
+    # request-level refusals are RFC 9457 problem details, each with a log line
+    for answer, code in (
+        (httpx.post(base, content=body, headers={"Content-Type": content_type}), 401),
+        (httpx.post(base, content=body, headers={**auth, "Content-Type": "application/dicom"}), 415),
+        (httpx.post(base, content=b"garbage", headers={**auth, "Content-Type": content_type}), 400),
+    ):
+        assert answer.status_code == code
+        assert answer.headers["content-type"] == "application/problem+json"
+        problem = answer.json()
+        assert problem["status"] == code and problem["type"] == "about:blank" and problem["title"] and problem["detail"]
+        assert f"HTTP {code} for POST /dicomweb/studies" in node.log()
 
     # One good instance and one that is not DICOM: 202, the bad one failed with 0xC000.
     mixed, content_type = multipart([("application/dicom", first), ("application/dicom", b"\0" * 300)])

@@ -24,7 +24,15 @@ def test_health_metrics_and_token_protected_admin_api(node_factory, tmp_path):
     assert "ortho_instances_stored 8.0" in metrics and 'ortho_jobs{state="queued"}' in metrics
     assert study.study_instance_uid not in metrics
 
-    assert httpx.get(f"{base}/api/status").status_code == 401
+    refused = httpx.get(f"{base}/api/status")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json() == {
+        "type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "a valid admin bearer token is required",
+    }
+    missing = httpx.get(f"{base}/dicomweb/studies/1.2.3/nowhere")
+    assert missing.status_code == 404 and missing.json()["title"] == "Not Found"
+    assert "1.2.3" not in node.log()  # a path may hold a study UID: logged as no route
     assert httpx.get(f"{base}/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
     status = httpx.get(f"{base}/api/status", headers={"Authorization": "Bearer s3cret-token"})
     assert status.status_code == 200 and status.json()["instances_total"] == 8

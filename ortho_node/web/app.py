@@ -22,6 +22,7 @@ from ortho_node.db.engine import Database
 from ortho_node.ingest.service import IngestService
 from ortho_node.status import collect_status
 from ortho_node.web.metrics import StowMetrics
+from ortho_node.web.problems import install_problem_handlers
 from ortho_node.web.stow import stow_router
 
 _bearer = HTTPBearer(auto_error=False)
@@ -45,6 +46,7 @@ def create_app(
     settings: Settings, db: Database, registry: CollectorRegistry, ingest: IngestService | None = None
 ) -> FastAPI:
     app = FastAPI(title="ortho-node", version="1", docs_url=None, redoc_url=None)
+    install_problem_handlers(app)
     http = settings.http
     admin_token = http.admin_token.get_secret_value() if http.admin_token else None
     require_admin = bearer_check(admin_token, "admin")
