@@ -281,3 +281,26 @@ def test_rule_from_a_heads_declared_scope(knee_radiograph: Dataset) -> None:
     assert assess_instance(read("MR2_UNCR.dcm"), (multi,)).reason.startswith(
         "covered by cross (MR ANKLE/HIP/SHOULDER)"
     )
+
+
+def test_enhanced_mr_body_part_from_frame_anatomy() -> None:
+    """An Enhanced MR codes its region in the Frame Anatomy functional group (Body Part Examined
+    is optional there): a knee coded only per frame is in scope, and a Body Part Examined that
+    names another part is a conflict, not a silent override."""
+    from tests.test_preprocess_support import _item, enhanced_mr
+
+    ds = enhanced_mr(frame_laterality="L")
+    for group in ds.PerFrameFunctionalGroupsSequence:
+        group.FrameAnatomySequence[0].AnatomicRegionSequence = DicomSequence(
+            [_item(CodeValue="72696002", CodingSchemeDesignator="SCT", CodeMeaning="Knee")]
+        )
+    for keyword in ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    decision = assess_instance(ds, [ACL])
+    assert decision.in_scope, decision.reason
+    assert (decision.body_part, decision.laterality) == ("KNEE", Laterality.LEFT)
+    assert "FrameAnatomySequence 72696002" in decision.reason
+    ds.BodyPartExamined = "CHEST"
+    conflicted = assess_instance(ds, [ACL])
+    assert not conflicted.in_scope and "conflicting body part" in conflicted.reason

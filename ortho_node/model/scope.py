@@ -17,7 +17,8 @@ An image is in scope when it passes the general checks and matches at least one 
 **Body part**, first source that is specific:
 
 1. Anatomic Region Sequence codes (SNOMED CT / SRT, e.g. 72696002 Knee, 49076000 Knee
-   joint, 29836001 Hip, 24136001 Hip joint, 16982005 Shoulder, 70258002 Ankle joint);
+   joint, 29836001 Hip, 24136001 Hip joint, 16982005 Shoulder, 70258002 Ankle joint), at the
+   top level, else in an enhanced image's Frame Anatomy functional group (first frame);
 2. Body Part Examined (KNEE, HIP, SHOULDER, ANKLE; other values such as CHEST or HEAD name an
    uncovered part; generic values such as EXTREMITY, LEG, LOWER LIMB decide nothing);
 3. words in Study / Series / Requested Procedure descriptions and Protocol Name (KNEE, KNIE,
@@ -52,7 +53,7 @@ from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
 
 from ortho_node.model.findings import Laterality
-from ortho_node.model.pixels import UnsupportedImageError
+from ortho_node.model.pixels import UnsupportedImageError, functional_group_value
 from ortho_node.model.preprocess import determine_laterality
 
 __all__ = [
@@ -256,13 +257,19 @@ def _norm(text: str) -> str:
 
 
 def _coded_body_part(ds: Dataset) -> tuple[str | None, str]:
-    for item in ds.get("AnatomicRegionSequence") or []:
+    # An enhanced (multi-frame) image codes its region per frame or shared, in the Frame
+    # Anatomy functional group (mandatory there; Body Part Examined is only Type 3)
+    regions, where = ds.get("AnatomicRegionSequence"), "AnatomicRegionSequence"
+    if not regions:
+        regions = functional_group_value(ds, 0, "FrameAnatomySequence", "AnatomicRegionSequence")
+        where = "FrameAnatomySequence"
+    for item in regions or []:
         code = str(item.get("CodeValue") or "").strip()
         if code in _REGION_CODES:
-            return _REGION_CODES[code].value, f"AnatomicRegionSequence {code}"
+            return _REGION_CODES[code].value, f"{where} {code}"
         if code:
             meaning = str(item.get("CodeMeaning") or code)
-            return _norm(meaning) or code, f"AnatomicRegionSequence {code} ({meaning})"
+            return _norm(meaning) or code, f"{where} {code} ({meaning})"
     return None, ""
 
 
