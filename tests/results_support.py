@@ -248,7 +248,7 @@ def replace(obj, **changes):
 def dciodvfy(ds: Dataset, path: Path) -> tuple[list[str], str]:
     """Write ``ds`` to ``path``, run ``dciodvfy -new`` and return (error lines, full output)."""
     ds.save_as(path, enforce_file_format=True)
-    proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
     out = proc.stdout + proc.stderr
     errors = [line for line in out.splitlines() if line.startswith("Error")]
     return errors, out
@@ -264,7 +264,7 @@ def dcentvfy(datasets: Sequence[Dataset], folder: Path) -> tuple[list[str], str]
         path = folder / f"{index:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(str(path))
-    proc = subprocess.run(["dcentvfy", *paths], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["dcentvfy", *paths], capture_output=True, text=True, errors="replace", timeout=60)
     out = proc.stdout + proc.stderr
     errors = [line for line in out.splitlines() if line.startswith("Error")]
     return errors, out

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -616,3 +617,25 @@ def test_rejects_bad_values(dx_and_findings):
                              sources=[dx])
     with pytest.raises(ValueError, match="uids must be derived for the findings' study"):
         FindingsReport(f, sources=[dx], uids=ResultUIDs(generate_uid(), f.model.device_uid, "1"), series_number=1)
+
+
+@pytest.mark.parametrize(
+    "example",
+    ["chrGerm.dcm", "chrGreek.dcm", "chrArab.dcm", "chrH31.dcm", "chrH32.dcm", "chrI2.dcm", "chrKoreanMulti.dcm"],
+)
+def test_source_character_sets_of_ps35_examples(tmp_path, example):
+    """Every standard Specific Character Set of PS3.5's examples (pydicom's files), on a knee
+    radiograph with the example's patient name: SR, SC and KO build, pass dciodvfy and keep the
+    name. The multi-valued sets with an empty first value (PS3.3 C.12.1.1.2) and Korean ISO 2022
+    IR 149 had stopped every result of such a study."""
+    from pydicom.data import get_charset_files
+
+    source = pydicom.dcmread(get_charset_files(example)[0])
+    su = generate_uid()
+    dx = make_dx(su)
+    dx.SpecificCharacterSet, dx.PatientName = source.SpecificCharacterSet, source.PatientName
+    case = _build(tmp_path, study(su, findings=(kl_finding(dx),)), [dx])
+    for name, out in case.outputs.items():
+        assert not [line for line in out.splitlines() if line.startswith("Error")], f"{name}:\n{out}"
+    for path in sorted(tmp_path.glob("*.dcm")):
+        assert str(pydicom.dcmread(path).PatientName) == str(source.PatientName), path.name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
+import highdicom as hd
 import numpy as np
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
@@ -258,8 +259,29 @@ def character_set(header: Dataset, texts: Sequence[str]) -> str | list[str] | No
         except (LookupError, ValueError):
             return UTF8
     if all(_encodes(text, encoding) for text in texts):
-        return current
+        return _as_highdicom_accepts(current)
     return UTF8
+
+
+def _as_highdicom_accepts(value: str | Sequence[str] | None) -> str | list[str] | None:
+    """The source's Specific Character Set in a form highdicom takes, else UTF-8.
+
+    A multi-valued set may leave its first value empty for the default repertoire
+    (``\\ISO 2022 IR 87``, PS3.3 C.12.1.1.2; the form of PS3.5 Annex H's examples), which
+    highdicom refuses: it becomes ``ISO 2022 IR 6``. A term highdicom does not know (e.g. ``ISO
+    2022 IR 149``, Korean, or the non-standard ``ISO_IR 6``) refused the whole result; the texts
+    are decoded already, so UTF-8 carries them."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else [str(v) for v in value]
+    if len(values) > 1 and not values[0].strip():
+        values[0] = "ISO 2022 IR 6"
+    if not all(v in _HIGHDICOM_CHARACTER_SETS for v in values):
+        return UTF8
+    return values[0] if len(values) == 1 else values
+
+
+_HIGHDICOM_CHARACTER_SETS = frozenset(v.value for v in hd.enum.SpecificCharacterSetValues)
 
 
 def _encodes(text: str, encoding: str) -> bool:
