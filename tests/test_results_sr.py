@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from ortho_node.model.findings import ImageRef, Laterality, OutcomeStatus, StudyFindings, TaskOutcome
+from ortho_node.model.findings import Heatmap, ImageRef, Laterality, OutcomeStatus, StudyFindings, TaskOutcome
 from ortho_node.results.library import descriptor_key, image_library
 from ortho_node.results.sr import _library_view
 from ortho_node.results import FindingsReport, ResultBuilder, ResultObjects, ResultUIDs, build_result_objects
@@ -28,6 +28,7 @@ from tests.results_support import (
     dciodvfy,
     failed,
     group_by_text,
+    heat_values,
     items_named,
     kl_finding,
     make_dx,
@@ -639,3 +640,44 @@ def test_source_character_sets_of_ps35_examples(tmp_path, example):
         assert not [line for line in out.splitlines() if line.startswith("Error")], f"{name}:\n{out}"
     for path in sorted(tmp_path.glob("*.dcm")):
         assert str(pydicom.dcmread(path).PatientName) == str(source.PatientName), path.name
+
+
+def test_key_objects_name_the_key_frame_of_a_multi_frame_source(tmp_path):
+    """A finding on frame 4 of an Enhanced MR: the KO's IMAGE item names that frame (Referenced
+    Frame Number, Type 1C where a reference does not apply to all frames), as the SR and SC do;
+    without it a viewer opens the key image at frame 1."""
+    from tests.test_preprocess_support import enhanced_mr
+
+    mr = enhanced_mr(frame_laterality="R")
+    mr.BodyPartExamined = "KNEE"  # the real file says HEAD, where a Laterality would be an error
+    frames = tuple(replace(ref(mr), frame_number=k) for k in range(1, int(mr.NumberOfFrames) + 1))
+    finding = replace(
+        acl_finding(mr, [mr]), source_images=frames, heatmap=Heatmap(frames[3], heat_values(), (10.0, 10.0, 50.0, 40.0))
+    )
+    case = _build(tmp_path, study(mr.StudyInstanceUID, findings=(finding,)), [mr])
+    ko = case.results.key_objects
+    (image,) = [item for item in ko.ContentSequence if item.ValueType == "IMAGE"
+                and item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == mr.SOPInstanceUID]
+    assert image.ReferencedSOPSequence[0].ReferencedFrameNumber == 4
+    (capture,) = case.results.secondary_captures
+    assert capture.SourceImageSequence[0].ReferencedFrameNumber == 4
+    for name, out in case.outputs.items():
+        assert not [line for line in out.splitlines() if line.startswith("Error")], f"{name}:\n{out}"
+
+
+def test_captures_of_sources_naming_the_body_part_differently_share_none(tmp_path):
+    """Body Part Examined is a series attribute: two captures in one SC series whose sources say
+    KNEE and EXTREMITY (both knees to the scope gate, by description) carry none, and the study
+    passes dcentvfy."""
+    su = generate_uid()
+    left_dx, right_dx = make_dx(su, laterality="L"), make_dx(su, laterality="R", instance_number=2)
+    right_dx.BodyPartExamined = "EXTREMITY"
+    f = study(
+        su,
+        findings=(kl_finding(left_dx, laterality=Laterality.LEFT), kl_finding(right_dx, grade=1, laterality=Laterality.RIGHT)),
+        evaluated_images=(ref(left_dx), ref(right_dx)),
+    )
+    case = _build(tmp_path, f, [left_dx, right_dx])
+    assert not any("BodyPartExamined" in sc for sc in case.results.secondary_captures)
+    errors, output = dcentvfy([left_dx, right_dx, *(o.dataset for o in case.results)], tmp_path / "entities")
+    assert not errors, output

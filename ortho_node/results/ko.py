@@ -13,7 +13,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ortho_node.model.findings import StudyFindings
+from ortho_node.model.findings import ImageRef, StudyFindings
 from ortho_node.privacy import uid_ref
 from ortho_node.results._common import (
     SourceIndex,
@@ -119,4 +119,22 @@ class FindingsKeyObjects(hd.ko.KeyObjectSelectionDocument):
             specific_character_set=character_set(selected[0], texts_of(findings)),
         )
         self.copy_patient_and_study_information(selected[0])  # as the SR and SCs carry them
+        _reference_key_frames(self, key_images(findings))
         self.DeviceUID = model.device_uid
+
+
+def _reference_key_frames(document: Dataset, images: Sequence[ImageRef]) -> None:
+    """Name the key frames of a multi-frame source on its IMAGE item: highdicom selects whole
+    instances, and Referenced Frame Number is required where a reference does not apply to all
+    frames (PS3.3 Table 10-3, Type 1C); without it a viewer opens the KO's key image at frame 1."""
+    frames: dict[str, list[int]] = {}
+    for image in images:
+        if image.frame_number is not None:
+            frames.setdefault(image.sop_instance_uid, []).append(image.frame_number)
+    for item in document.ContentSequence:
+        if item.ValueType != "IMAGE":
+            continue
+        reference = item.ReferencedSOPSequence[0]
+        numbers = frames.get(str(reference.ReferencedSOPInstanceUID))
+        if numbers:
+            reference.ReferencedFrameNumber = sorted(set(numbers))

@@ -13,7 +13,8 @@ else taken from the findings (one side named, or left and right findings on one 
 A side R or L goes into the series' Laterality when every capture of the study shows that knee,
 else into each capture's Image Laterality (Laterality is a series attribute: the knees of a
 bilateral study on separate images do not share one); "B" is always Image Laterality, as the
-series attribute has no "both"; an unknown side leaves Laterality empty. Patient Orientation is copied from the source, else derived from Image
+series attribute has no "both"; an unknown side leaves Laterality empty. Body Part Examined,
+also a series attribute, is copied only where every capture's source names the same part. Patient Orientation is copied from the source, else derived from Image
 Orientation (Patient) (the dominant patient direction of the row and column axes; the SC has
 the source's pixel grid, enlarged by an integer factor); when neither exists it is left empty
 (Type 2C, zero length: unknown orientation is not guessed).
@@ -297,6 +298,7 @@ class FindingsCapture(hd.sc.SCImage):
             for number, image in enumerate(key_images(findings), start=1)
         ]
         _agree_on_series_laterality(captures)
+        _agree_on_body_part(captures)
         return captures
 
 
@@ -313,6 +315,17 @@ def _agree_on_series_laterality(captures: Sequence[FindingsCapture]) -> None:
         if side in ("R", "L"):
             del capture.Laterality
             capture.ImageLaterality = side
+
+
+def _agree_on_body_part(captures: Sequence[FindingsCapture]) -> None:
+    """Body Part Examined is a series attribute too: kept where every capture's source names the
+    same part, else left out (Type 3; e.g. a knee radiograph labelled KNEE beside an MR series
+    labelled EXTREMITY, both knees to the scope gate)."""
+    parts = {str(capture.get("BodyPartExamined") or "") for capture in captures}
+    if len(parts) > 1:
+        for capture in captures:
+            if "BodyPartExamined" in capture:
+                del capture.BodyPartExamined
 
 
 def _check_display_arrays(display_arrays: Mapping[str, np.ndarray] | None) -> Mapping[str, np.ndarray]:
