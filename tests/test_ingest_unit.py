@@ -90,6 +90,37 @@ def test_resend_with_different_bytes_keeps_the_original_and_quarantines_the_new_
         assert len(s.scalars(select(Instance)).all()) == 1
 
 
+def test_retry_with_other_bytes_after_an_index_failure_indexes_the_stored_original(ingest, db, settings, monkeypatch):
+    """The first C-STORE was made durable but its index write failed (0xA702); the sender
+    retries with other bytes (e.g. another transfer syntax). The retry is a conflict (the new
+    copy quarantined), and it must not be acknowledged before the original is in the index:
+    else the instance is acknowledged and never processed."""
+    from ortho_node.ingest.indexer import IndexUnavailableError
+
+    ds = small_image(study_uid=generate_uid())
+    real = ingest.indexer.record_instance
+
+    def unavailable(*args, **kwargs):
+        raise IndexUnavailableError("index database error: OperationalError")
+
+    monkeypatch.setattr(ingest.indexer, "record_instance", unavailable)
+    with pytest.raises(IndexUnavailableError):
+        receive(ingest, ds)
+    monkeypatch.setattr(ingest.indexer, "record_instance", real)
+    assert len(list(settings.store_dir.rglob("*.dcm"))) == 1  # durable, but not indexed
+    changed = small_image(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID, sop_uid=ds.SOPInstanceUID)
+    changed.PixelData = bytes(len(ds.PixelData))
+    assert receive(ingest, changed).outcome is IngestOutcome.CONFLICT
+    with db.session() as s:
+        (row,) = s.scalars(select(Instance)).all()
+        assert row.sop_instance_uid == ds.SOPInstanceUID and row.calling_ae == "TESTSCU"
+        assert s.scalars(select(Study)).one().state == StudyState.RECEIVING.value
+    # and while the index is down, the conflict is refused like any instance it cannot record
+    monkeypatch.setattr(ingest.indexer, "record_instance", unavailable)
+    with pytest.raises(IndexUnavailableError):
+        receive(ingest, changed)
+
+
 @pytest.mark.parametrize(
     ("mutate", "unparseable"),
     [

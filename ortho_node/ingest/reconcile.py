@@ -88,8 +88,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _recover(store: InstanceStore, indexer: Indexer, relative: str) -> None:
-    """Index one unindexed file; raises InvalidDatasetError when it is not the instance its path names."""
+def index_stored_file(
+    store: InstanceStore, indexer: Indexer, relative: str, *, calling_ae: str | None = None, source: str = RECOVERED_SOURCE
+) -> None:
+    """Index one stored file from its own content (idempotent: an indexed one is left as it is).
+
+    Raises
+    ------
+    InvalidDatasetError
+        The file is not the instance its path names.
+    ortho_node.ingest.indexer.IndexUnavailableError
+        The index could not record it.
+    """
     data = store.absolute(relative).read_bytes()
     meta, offset = read_part10_meta(data)
     syntax = str(meta.TransferSyntaxUID)
@@ -107,8 +117,8 @@ def _recover(store: InstanceStore, indexer: Indexer, relative: str) -> None:
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         transfer_syntax_uid=syntax,
-        calling_ae=None,
-        source=RECOVERED_SOURCE,
+        calling_ae=calling_ae,
+        source=source,
         out_of_scope_reason=out_of_scope_reason(header.sop_class_uid),
     )
 
@@ -143,7 +153,7 @@ def check_store(
             report.unindexed.append(relative)
             if indexer is not None:
                 try:
-                    _recover(store, indexer, relative)
+                    index_stored_file(store, indexer, relative)
                 except InvalidDatasetError as exc:
                     report.unreadable.append(relative)
                     log.warning("store check: %s cannot be indexed: %s", _ref(relative), exc)

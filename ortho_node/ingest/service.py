@@ -17,6 +17,7 @@ from typing import BinaryIO
 from ortho_node.ingest.header import InstanceHeader, InvalidDatasetError, parse_header
 from ortho_node.ingest.indexer import Indexer
 from ortho_node.ingest.part10 import part10_header
+from ortho_node.ingest.reconcile import index_stored_file
 from ortho_node.ingest.sop_classes import out_of_scope_reason
 from ortho_node.privacy import uid_ref
 from ortho_node.store import InstanceStore, InvalidUidError
@@ -110,6 +111,15 @@ class IngestService:
         finally:
             view.release()
         if put.conflict:
+            # The stored original may never have been indexed: its index write failed (0xA702)
+            # and the sender retried with other bytes (e.g. another transfer syntax). Index it
+            # from the file before acknowledging, or this instance is acknowledged and lost.
+            original = self.store.relative_path(
+                study_uid=header.study_instance_uid,
+                series_uid=header.series_instance_uid,
+                sop_instance_uid=header.sop_instance_uid,
+            )
+            index_stored_file(self.store, self.indexer, original, calling_ae=item.calling_ae, source=item.source)
             return IngestResult(IngestOutcome.CONFLICT, header, study_id=None, relative_path=put.relative_path)
         indexed = self.indexer.record_instance(
             header,
