@@ -196,6 +196,22 @@ def test_dataset_without_study_uid_or_contradicting_the_request_gets_a900(bad_in
     assert "differs from the declared one" in bad_input_node.log()
 
 
+def test_values_pydicom_or_pynetdicom_find_invalid_stay_out_of_the_log(bad_input_node, tmp_path):
+    """pydicom ("Invalid value for VR UI: '…'") and pynetdicom ("Non-conformant … value '…'")
+    quote what they find invalid: here a UID (a leading zero in a component), elsewhere a name
+    or a date. The node's log carries the message, not the value."""
+    bad_uid = "1.2.826.0.1.3680043.8.498.07770001"
+    path = small_mr_file(tmp_path)
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = bad_uid
+    ds.save_as(path, enforce_file_format=True)
+    status = pynetdicom_store(bad_input_node.port, path, MRImageStorage)
+    assert status == 0xA900
+    log = bad_input_node.log()
+    assert "Invalid value for VR UI: <redacted>" in log or "value <redacted>" in log, log[-2000:]
+    assert "07770001" not in log
+
+
 def test_unsupported_sop_class_is_refused_at_negotiation_and_logged(bad_input_node, tmp_path):
     unknown_class = "1.2.826.0.1.3680043.8.498.1"  # a private UID, not a storage SOP class
     path = small_mr_file(tmp_path, SOPClassUID=unknown_class)
