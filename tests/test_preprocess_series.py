@@ -301,6 +301,9 @@ def test_preference_for_a_heads_planes(mixed_study: dict[str, list[Dataset]]) ->
         "coronal T2-FS",
         "coronal any",
         "axial PD-FS",
+        "axial T2-FS",
+        "axial T2",
+        "axial PD",
         "axial any",
     ]
     everything = survey_series(study(mixed_study, *mixed_study))

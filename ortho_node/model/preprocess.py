@@ -686,7 +686,9 @@ def image_ref(ds: Dataset, *, frame_index: int = 0) -> ImageRef:
     )
 
 
-def _side_of(ds: Dataset, frame_index: int, config: PreprocessConfig) -> LateralityEvidence:
+def side_of(ds: Dataset, frame_index: int, config: PreprocessConfig) -> LateralityEvidence:
+    """The side of one frame as preprocessing reads it: the header, else (MR, when
+    ``config.mr_laterality_offset_mm`` is set) the field of view's position."""
     evidence = determine_laterality(ds, frame_index=frame_index)
     if (
         evidence.laterality is None
@@ -732,7 +734,7 @@ def preprocess_frame(
         display = to_display(raw, ds, window=window, percentiles=config.window_percentiles)
     elif not isinstance(display, DisplayFrame) or display.frame_index != frame_index:
         raise ValueError(f"display must be the DisplayFrame of frame {frame_index} of raw")
-    evidence = _side_of(ds, frame_index, config)
+    evidence = side_of(ds, frame_index, config)
     mirror: MirrorAxis | None = None
     if (
         evidence.laterality in (Laterality.LEFT, Laterality.RIGHT)

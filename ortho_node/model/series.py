@@ -3,11 +3,17 @@
 **Survey** (:func:`survey_series`). Instances are grouped by Series Instance UID. A series is
 *excluded*, with its reason, when it is not MR, is a localizer (Image Type LOCALIZER, or a
 description word such as LOCALIZER / SCOUT / SURVEY / PILOT / 3-PLANE), is a reformat or
-projection (Image Type MPR / MIP / PROJECTION IMAGE), lacks Image Orientation / Position
+projection (Image Type MPR / MIP / PROJECTION IMAGE), is a computed map whose pixels are
+parameters rather than signal (an Image Type value ending in MAP, such as ``T1 MAP``,
+``T2 MAP``, ``T2* MAP``, ``R2* MAP``, or one of ADC, EADC, FA, FRACTIONAL ANISOTROPY,
+SUBTRACT, SUBTRACTION, FAT FRACTION, WATER FRACTION, with ``_`` / ``-`` read as spaces; or a
+description word MAP, MAPS, ``…MAP`` or ADC), lacks Image Orientation / Position
 (Patient), mixes orientations (a multi-plane localizer or several stacks), has two slices at
 the same position (several echoes or time points in one series), or has fewer than
 ``min_slices`` slices. Every single-frame instance is a slice; every frame of an Enhanced MR
-object is a slice, with its frame-level functional groups.
+object is a slice, with its frame-level functional groups. Weighted images that are derived
+but not maps stay usable (Dixon WATER, diffusion TRACEW, motion-corrected MOCO); they are only
+ranked below original acquisitions (see Selection).
 
 **Plane** comes from Image Orientation (Patient): the slice normal (row × column direction)
 is compared with the patient axes; the largest component wins (x: sagittal, y: coronal,
@@ -20,8 +26,10 @@ z: axial). The angle to that axis is kept as ``obliquity_deg``; oblique series a
    not);
 2. words in Series Description / Protocol Name: PD, PDW, DP, IW, PROTON → PD; T1, T1W → T1;
    T2, T2W, STIR, TIRM → T2 (``T2*`` is not T2); FS, FATSAT, FAT SAT, SPAIR, SPIR, STIR, TIRM
-   → fat suppressed; compound words such as ``PDFS`` or ``T2WFS`` count as both; a description
-   naming two weightings decides nothing;
+   → fat suppressed; compound words such as ``PDFS`` or ``T2WFS`` count as both; a fat word
+   right after NON, NO, W/O, WO or WITHOUT (``PD NON FS``, ``w/o fat sat``) states *not*
+   suppressed; a description naming two weightings, or fat suppression both stated and
+   negated, decides nothing about that;
 3. Scan Options containing ``FS`` (fat saturation, PS3.3 C.8.3.1);
 4. physics (Echo Time TE, Repetition Time TR, Inversion Time TI, in ms): inversion recovery
    with 100 ≤ TI ≤ 250 is STIR (T2, fat suppressed); TR < 1000 and TE < 30 is T1; TR ≥ 1500
@@ -31,16 +39,20 @@ Fat suppression not stated by any source is taken as absent.
 
 **Selection** (:func:`select_series`): the first entry of the task's preference list (e.g.
 :data:`KNEE_MR_PREFERENCE`: sagittal PD-FS > sagittal T2-FS > sagittal T2 > sagittal PD > any
-sagittal > coronal PD-FS > coronal T2-FS > any coronal > axial PD-FS > any axial) that a usable
-series matches wins; among several matches the one with the most slices, then the lowest
-Series Number, then the smallest UID.
+sagittal > coronal PD-FS > coronal T2-FS > any coronal > axial PD-FS > axial T2-FS > axial T2 >
+axial PD > any axial) that a usable series matches wins; among several matches an original
+acquisition (Image Type value 1 ORIGINAL, or none) before a derived one (DERIVED or MIXED),
+then the one with the most slices, then the lowest Series Number, then the smallest UID.
 
 **Slices** are sorted by position along the plane's positive patient axis (sagittal: toward
 the patient's left, coronal: posterior, axial: head), never by Instance Number. **Sampling**
 (:class:`SliceSampling`) keeps at most ``max_slices``: evenly spread over the stack
 (``uniform``, default) or the central run (``central``). When the knee is mirrored to the
 canonical side and the plane is sagittal, mirroring is the reversal of that order (see
-:mod:`.preprocess`), so slice k has the same anatomical meaning for left and right knees.
+:mod:`.preprocess`); the stack is reversed *before* sampling, so the kept slices and slice k
+have the same anatomical meaning for a left knee as for the mirrored right knee, whatever the
+rounding of ``uniform`` or the odd remainder of ``central``. The side is read from every
+slice's header first; slices that disagree reject the series.
 Slices without a header VOI share one percentile window computed over the sampled stack, so
 brightness is comparable between slices.
 """
@@ -71,6 +83,8 @@ from ortho_node.model.preprocess import (
     MirrorAxis,
     PreprocessConfig,
     PreprocessedImage,
+    side_of,
+    mirror_axis,
     preprocess_frame,
 )
 
@@ -188,6 +202,9 @@ KNEE_MR_PREFERENCE: tuple[SeriesPreference, ...] = (
     SeriesPreference(Plane.CORONAL, Weighting.T2, True),
     SeriesPreference(Plane.CORONAL),
     SeriesPreference(Plane.AXIAL, Weighting.PD, True),
+    SeriesPreference(Plane.AXIAL, Weighting.T2, True),
+    SeriesPreference(Plane.AXIAL, Weighting.T2),
+    SeriesPreference(Plane.AXIAL, Weighting.PD),
     SeriesPreference(Plane.AXIAL),
 )
 """Default order for knee MRI tasks: fluid-sensitive fat-suppressed sagittal first."""
@@ -253,6 +270,8 @@ class SeriesCandidate:
     slices: tuple[SliceSource, ...]
     """Sorted along the plane's positive patient axis (empty when excluded early)."""
     excluded_reason: str | None
+    derived: bool = False
+    """Image Type value 1 is DERIVED or MIXED: ranked below an original acquisition."""
 
     @property
     def usable(self) -> bool:
@@ -302,6 +321,18 @@ _LOCALIZER_WORDS = {
     "AAHSCOUT",
 }
 _REFORMAT_TYPES = {"LOCALIZER", "MPR", "MIP", "PROJECTION IMAGE"}
+# Computed maps (relaxation times, diffusivity, subtraction): pixels are parameters, not signal.
+_MAP_TYPES = {
+    "ADC",
+    "EADC",
+    "FA",
+    "FRACTIONAL ANISOTROPY",
+    "SUBTRACT",
+    "SUBTRACTION",
+    "FAT FRACTION",
+    "WATER FRACTION",
+}
+_NEGATIONS = {"NON", "NO", "WO", "WITHOUT"}
 _WEIGHTING_WORDS: dict[str, Weighting] = {
     word: weighting
     for weighting, words in (
@@ -372,21 +403,28 @@ def _physics_weighting(ds: Dataset, frame_index: int) -> tuple[Weighting, bool, 
     return Weighting.UNKNOWN, False, basis
 
 
-def _described_sequence(tokens: list[str]) -> tuple[set[Weighting], bool]:
-    """Weightings named by description words, and whether fat suppression is named."""
+def _negated(tokens: list[str], index: int) -> bool:
+    """True when the word at ``index`` follows NON, NO, WO, WITHOUT or W/O (split as W, O)."""
+    previous = tokens[index - 1] if index >= 1 else ""
+    return previous in _NEGATIONS or (previous == "O" and index >= 2 and tokens[index - 2] == "W")
+
+
+def _described_sequence(tokens: list[str]) -> tuple[set[Weighting], bool | None]:
+    """Weightings named by description words, and fat suppression as the words state it:
+    True (named), False (only negated, e.g. ``NON FS``) or None (not stated, or both)."""
     named: set[Weighting] = set()
-    fat_named = False
+    fat_stated: set[bool] = set()
     for index, token in enumerate(tokens):
         compound = _COMPOUND.match(token)
         if compound:
             named.add(_WEIGHTING_WORDS[compound.group(1)])
-            fat_named = True
+            fat_stated.add(True)
         elif token in _WEIGHTING_WORDS:
             named.add(_WEIGHTING_WORDS[token])
         following = tokens[index + 1] if index + 1 < len(tokens) else ""
         if token in _FAT_WORDS or (token == "FAT" and following.startswith(("SAT", "SUP"))):
-            fat_named = True
-    return named, fat_named
+            fat_stated.add(not _negated(tokens, index))
+    return named, fat_stated.pop() if len(fat_stated) == 1 else None
 
 
 def classify_sequence(ds: Dataset, *, frame_index: int = 0) -> tuple[Weighting, bool, str]:
@@ -409,12 +447,12 @@ def classify_sequence(ds: Dataset, *, frame_index: int = 0) -> tuple[Weighting, 
         fat = _CODED_FAT[suppression[0]]
         basis.append(f"SpectrallySelectedSuppression {suppression[0]}")
     tokens, text = _words(ds)
-    named, fat_named = _described_sequence(tokens)
-    described = (weighting is None and len(named) == 1) or (fat is None and fat_named)
+    named, fat_words = _described_sequence(tokens)
+    described = (weighting is None and len(named) == 1) or (fat is None and fat_words is not None)
     if weighting is None and len(named) == 1:
         weighting = named.pop()
-    if fat is None and fat_named:
-        fat = True
+    if fat is None:
+        fat = fat_words
     if described:
         basis.append(f"description {text!r}")
     if fat is None and "FS" in _as_strings(ds.get("ScanOptions")):
@@ -442,6 +480,27 @@ def _plane_of(orientation: np.ndarray) -> tuple[Plane, np.ndarray, float]:
     return plane, signed, math.degrees(math.acos(cosine))
 
 
+def _computed_maps(image_types: Iterable[str], tokens: Iterable[str]) -> list[str]:
+    """Image Type values and description words that name a computed map (module docstring)."""
+    found = []
+    for value in image_types:
+        words = re.sub(r"[\s_\-]+", " ", value).strip()
+        if words in _MAP_TYPES or words.replace(" ", "").endswith("MAP"):
+            found.append(f"Image Type {value}")
+    for token in tokens:
+        if token in ("MAP", "MAPS", "ADC") or token.endswith("MAP"):
+            found.append(f"description word {token}")
+    return sorted(set(found))
+
+
+def _is_derived(datasets: Sequence[Dataset]) -> bool:
+    """Image Type value 1 of any instance is DERIVED or MIXED (absent counts as original)."""
+    return any(
+        (_as_strings(ds.get("ImageType")) or ["ORIGINAL"])[0] in ("DERIVED", "MIXED")
+        for ds in datasets
+    )
+
+
 def _frames(datasets: Sequence[Dataset]) -> list[tuple[Dataset, int]]:
     return [(ds, index) for ds in datasets for index in range(frame_count(ds))]
 
@@ -467,6 +526,8 @@ def _survey_one(uid: str, datasets: list[Dataset], min_slices: int) -> SeriesCan
     tokens, _ = _words(first)
     if localizer := _LOCALIZER_WORDS & set(tokens):
         return excluded(f"description names a localizer ({', '.join(sorted(localizer))})")
+    if maps := _computed_maps(image_types, tokens):
+        return excluded(f"computed map, not a weighted image ({', '.join(maps)})")
     try:
         frames = _frames(datasets)
     except UnsupportedImageError as exc:
@@ -499,7 +560,13 @@ def _survey_one(uid: str, datasets: list[Dataset], min_slices: int) -> SeriesCan
         return excluded(f"only {len(frames)} slice(s), at least {min_slices} needed", signature)
     slices = tuple(SliceSource(frames[i][0], frames[i][1], along[i]) for i in order)
     return SeriesCandidate(
-        uid, None if number is None else int(number), description, signature, slices, None
+        uid,
+        None if number is None else int(number),
+        description,
+        signature,
+        slices,
+        None,
+        derived=_is_derived(datasets),
     )
 
 
@@ -554,6 +621,7 @@ def select_series(
             return min(
                 matches,
                 key=lambda c: (
+                    c.derived,
                     -len(c.slices),
                     c.series_number if c.series_number is not None else 1 << 30,
                     c.series_instance_uid,
@@ -584,6 +652,27 @@ def sample_slice_indices(count: int, sampling: SliceSampling) -> tuple[int, ...]
     return tuple(int(round(v)) for v in np.linspace(0, count - 1, keep))
 
 
+def _reverses_slice_order(candidate: SeriesCandidate, config: PreprocessConfig) -> bool:
+    """True when mirroring the knee to the canonical side reverses the slice order: every
+    slice has the same, non-canonical side (read as :func:`.preprocess_frame` reads it) and the
+    slice normal runs left-right.
+
+    Raises
+    ------
+    UnsupportedImageError
+        The slices disagree about laterality.
+    """
+    sides = {side_of(s.dataset, s.frame_index, config).laterality for s in candidate.slices}
+    if len(sides) > 1:
+        found = ", ".join(sorted("unknown" if side is None else side.value for side in sides))
+        raise UnsupportedImageError(f"slices of one series disagree about laterality ({found})")
+    (side,) = sides
+    if side not in (Laterality.LEFT, Laterality.RIGHT) or side is config.canonical_side:
+        return False
+    first = candidate.slices[0]
+    return mirror_axis(first.dataset, frame_index=first.frame_index) is MirrorAxis.SLICES
+
+
 def prepare_series(
     candidate: SeriesCandidate,
     *,
@@ -609,7 +698,11 @@ def prepare_series(
     if not candidate.usable or candidate.signature is None:
         raise ValueError(f"candidate is not usable: {candidate.excluded_reason}")
     sampling = sampling if sampling is not None else SliceSampling()
-    chosen = [candidate.slices[i] for i in sample_slice_indices(len(candidate.slices), sampling)]
+    mirrored = _reverses_slice_order(candidate, config)
+    # Sample in canonical (mirrored) order: reversing after sampling keeps other anatomy for a
+    # left knee than for its mirror image whenever the sampler's rounding is not symmetric.
+    ordered = candidate.slices[::-1] if mirrored else candidate.slices
+    chosen = [ordered[i] for i in sample_slice_indices(len(ordered), sampling)]
     raws = [decode_frame(s.dataset, frame_index=s.frame_index) for s in chosen]
     unwindowed = [raw.values.ravel() for raw in raws if raw.header_voi is None]
     window = (
@@ -621,21 +714,12 @@ def prepare_series(
         preprocess_frame(s.dataset, raw, config=config, window=window)
         for s, raw in zip(chosen, raws)
     ]
-    sides = {item.laterality for item in prepared}
-    if len(sides) > 1:
-        found = ", ".join(sorted("unknown" if side is None else side.value for side in sides))
-        raise UnsupportedImageError(f"slices of one series disagree about laterality ({found})")
-    mirrored = any(item.mirror is MirrorAxis.SLICES for item in prepared)
-    positions = [s.position_mm for s in chosen]
-    if mirrored:
-        prepared.reverse()
-        positions.reverse()
     return PreparedSeries(
         series_instance_uid=candidate.series_instance_uid,
         signature=candidate.signature,
         tensor=torch.stack([item.tensor for item in prepared]),
         slices=tuple(prepared),
-        positions_mm=tuple(positions),
+        positions_mm=tuple(s.position_mm for s in chosen),
         laterality=prepared[0].laterality,
         slice_order_mirrored=mirrored,
     )

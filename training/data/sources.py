@@ -276,11 +276,12 @@ def _image_rows_sample(rows: list[dict[str, str]], options: PipelineOptions) -> 
     ordered = sorted(rows, key=lambda r: (float(r.get("slice_index") or 0), r["path"]))
     modality = (first.get("modality") or "OT").upper()
     if modality == "MR":
+        if (first.get("laterality") or "").upper() == "L":
+            # A sagittal stack of a left knee is mirrored by reversing the slice order, before
+            # sampling, so the kept slices mean the same anatomy for both knees (node rule).
+            ordered.reverse()
         keep = sample_slice_indices(len(ordered), SliceSampling(max_slices=options.max_slices))
         ordered = [ordered[i] for i in keep]
-        if (first.get("laterality") or "").upper() == "L":
-            # A sagittal stack of a left knee is mirrored by reversing the slice order (node rule).
-            ordered.reverse()
     planes = torch.stack(
         [
             image_file_plane(
