@@ -226,3 +226,22 @@ def test_a_bundle_without_trained_heads_is_refused(tmp_path) -> None:
     )
     with pytest.raises(BundleError, match="no trained head"):
         StudyAnalyser.from_bundle_dir(untrained)
+
+
+def test_mr_side_from_position_when_configured_reaches_the_scope_gate() -> None:
+    """``mr_laterality_offset_mm`` (the side of an MR knee from where its field of view lies)
+    decides in the scope gate as it does in preprocessing: a left knee MR without Laterality
+    is analysed as the left knee when configured, out of scope (side unknown) when not."""
+    study = build_knee_study(seed=3, mr_series=[small_mr(side="L")])
+    datasets = list(study.datasets)
+    for ds in datasets:
+        del ds.Laterality
+    assert float(datasets[0].ImagePositionPatient[0]) > 40  # the phantom's left knee lies at +x
+    with StudyAnalyser.from_bundle_dir(
+        fixture_bundle_dir(), preprocess_options={"mr_laterality_offset_mm": 40}, explain=False
+    ) as positional:
+        findings = positional.analyse(datasets, study_instance_uid=study.study_instance_uid)
+    assert findings.findings and {f.laterality for f in findings.findings} == {Laterality.LEFT}
+    with StudyAnalyser.from_bundle_dir(fixture_bundle_dir(), explain=False) as header_only:
+        unsided = header_only.analyse(datasets, study_instance_uid=study.study_instance_uid)
+    assert not unsided.findings and "laterality is unknown" in (unsided.out_of_scope_reason or "")

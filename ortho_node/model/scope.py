@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -450,6 +450,7 @@ def assess_instance(
     *,
     display_values: np.ndarray | None = None,
     content_limits: ContentLimits | None = None,
+    laterality_of: Callable[[Dataset], Laterality | None] | None = None,
 ) -> ScopeDecision:
     """Decide whether one image is covered by any of ``rules``.
 
@@ -464,6 +465,9 @@ def assess_instance(
         when given, :func:`check_image_content` runs too.
     content_limits : ContentLimits or None, optional
         Thresholds of the content check.
+    laterality_of : callable or None, optional
+        The side of the image as preprocessing will read it (e.g. also from an MR's position
+        when the node is configured so); default: the header's laterality attributes.
 
     Returns
     -------
@@ -483,7 +487,7 @@ def assess_instance(
         return ScopeDecision(False, reason, None, modality, None, None)
     try:
         body_part, body_source = identify_body_part(ds)
-        laterality = determine_laterality(ds).laterality
+        laterality = laterality_of(ds) if laterality_of is not None else determine_laterality(ds).laterality
     except UnsupportedImageError as exc:
         return ScopeDecision(False, exc.reason, None, modality, None, None)
     view, view_source = identify_view(ds) if modality in PROJECTION_MODALITIES else (None, "")

@@ -391,7 +391,7 @@ class StudyAnalyser:
     def _analyse(self, datasets: list[Dataset], study_instance_uid: str) -> StudyFindings:
         study_ref = uid_ref(study_instance_uid)
         model = self.model
-        screened = screen_images(datasets, self._group_rules, study_ref=study_ref)
+        screened = screen_images(datasets, self._group_rules, study_ref=study_ref, config=self._config)
         reason = study_out_of_scope_reason([image.decision for image in screened])
         if reason is not None:
             return StudyFindings(study_instance_uid, model, out_of_scope_reason=reason)

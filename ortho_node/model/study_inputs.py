@@ -43,7 +43,7 @@ from ortho_node.model.pixels import (
     decode_frame,
     to_display,
 )
-from ortho_node.model.preprocess import PreprocessConfig, PreprocessedImage, preprocess_frame
+from ortho_node.model.preprocess import PreprocessConfig, PreprocessedImage, preprocess_frame, side_of
 from ortho_node.model.scope import (
     ContentLimits,
     ScopeDecision,
@@ -125,12 +125,18 @@ class ScreenedImage:
 
 
 def screen_images(
-    datasets: Sequence[Dataset], rules: Sequence[ScopeRule], *, study_ref: str
+    datasets: Sequence[Dataset],
+    rules: Sequence[ScopeRule],
+    *,
+    study_ref: str,
+    config: PreprocessConfig | None = None,
 ) -> list[ScreenedImage]:
-    """Assess every instance against ``rules`` (headers only) and log the ones set aside."""
+    """Assess every instance against ``rules`` (headers only) and log the ones set aside; with
+    ``config``, each image's side is read as preprocessing will read it (:func:`side_of`)."""
+    laterality_of = None if config is None else (lambda ds: side_of(ds, 0, config).laterality)
     screened = []
     for ds in datasets:
-        decision = assess_instance(ds, rules)
+        decision = assess_instance(ds, rules, laterality_of=laterality_of)
         if not decision.in_scope:
             log.info(
                 "study %s: image %s not used: %s",
