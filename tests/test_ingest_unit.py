@@ -121,6 +121,41 @@ def test_retry_with_other_bytes_after_an_index_failure_indexes_the_stored_origin
         receive(ingest, changed)
 
 
+@pytest.mark.parametrize("moved", ["study", "series"])
+def test_a_stored_sop_instance_uid_under_another_study_or_series_is_refused(ingest, db, settings, moved):
+    """UIDs are unique: the same SOP Instance UID arriving in another study (or series) means
+    one of the two copies is wrong. It is refused (0xA900), not stored beside the original
+    and acknowledged as a duplicate as before (an unindexed file, a study never processed)."""
+    from ortho_node.ingest.indexer import HierarchyConflictError
+
+    ds = small_image(study_uid=generate_uid())
+    first = receive(ingest, ds)
+    other = small_image(
+        study_uid=generate_uid() if moved == "study" else ds.StudyInstanceUID,
+        series_uid=generate_uid(),
+        sop_uid=ds.SOPInstanceUID,
+    )
+    with pytest.raises(HierarchyConflictError, match="already stored in another study or series"):
+        receive(ingest, other)
+    assert [p.relative_to(settings.store_dir).as_posix() for p in settings.store_dir.rglob("*.dcm")] == [first.relative_path]
+    with db.session() as s:
+        assert len(s.scalars(select(Instance)).all()) == 1 and len(s.scalars(select(Study)).all()) == 1
+
+
+def test_a_series_uid_of_another_study_is_refused(ingest, db, settings):
+    from ortho_node.ingest.indexer import HierarchyConflictError
+
+    ds = small_image(study_uid=generate_uid())
+    receive(ingest, ds)
+    intruder = small_image(study_uid=generate_uid(), series_uid=ds.SeriesInstanceUID)
+    with pytest.raises(HierarchyConflictError, match="belongs to another study"):
+        receive(ingest, intruder)
+    assert len(list(settings.store_dir.rglob("*.dcm"))) == 1
+    with db.session() as s:
+        assert s.scalars(select(Study.study_instance_uid)).all() == [ds.StudyInstanceUID]
+    assert receive(ingest, small_image(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID)).outcome is IngestOutcome.STORED
+
+
 @pytest.mark.parametrize(
     ("mutate", "unparseable"),
     [

@@ -18,7 +18,8 @@ from sqlalchemy import Connection
 
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Instance, Series, StoredResult, Study, StudyState, utcnow
-from ortho_node.ingest.header import InstanceHeader
+from ortho_node.ingest.header import InstanceHeader, InvalidDatasetError
+from ortho_node.privacy import uid_ref
 
 
 # SOP classes of the objects the node itself produces (Comprehensive 3D SR, Secondary Capture, KOS).
@@ -30,6 +31,12 @@ PRODUCED_HERE = "result object produced by this node"
 
 class IndexUnavailableError(Exception):
     """The index database could not record an instance (it is not acknowledged)."""
+
+
+class HierarchyConflictError(InvalidDatasetError):
+    """The instance contradicts the index's patient/study/series hierarchy: its SOP Instance UID
+    is already stored under another study or series, or its series belongs to another study.
+    UIDs are unique; one of the two copies is wrong, and the node cannot tell which."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class Indexer:
         dialect = db.engine.dialect.name
         self._insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._study_ids: dict[str, int] = {}
-        self._series_ids: dict[str, int] = {}
+        self._series_ids: dict[str, tuple[int, int]] = {}  # series UID -> (series id, its study id)
         self._cache_lock = threading.Lock()
         # Built once: constructing statements per instance cost more than the commit itself.
         self._insert_instance = (
@@ -111,13 +118,27 @@ class Indexer:
                 new = inserted.scalar_one_or_none() is not None
                 if new:
                     conn.execute(self._touch_study, dict(study=study_id, now=now))
-        except SQLAlchemyError as exc:
+                else:
+                    self._check_same_place(conn, header, relative_path)
+        except (SQLAlchemyError, HierarchyConflictError) as exc:
             # A rolled-back transaction may have cached ids of rows that never committed.
             with self._cache_lock:
                 self._study_ids.pop(header.study_instance_uid, None)
                 self._series_ids.pop(header.series_instance_uid, None)
+            if isinstance(exc, HierarchyConflictError):
+                raise
             raise IndexUnavailableError(f"index database error: {type(exc).__name__}") from exc
         return IndexedInstance(study_id=study_id, series_id=series_id, new=new)
+
+    @staticmethod
+    def _check_same_place(conn: Connection, header: InstanceHeader, relative_path: str) -> None:
+        """A known SOP Instance UID must come back in its study and series (its stored path)."""
+        stored = conn.scalar(select(Instance.path).where(Instance.sop_instance_uid == header.sop_instance_uid))
+        if stored is not None and stored != relative_path:
+            raise HierarchyConflictError(
+                f"SOP Instance UID {uid_ref(header.sop_instance_uid)} is already stored in another "
+                "study or series"
+            )
 
     @staticmethod
     def _produced_here(conn: Connection, header: InstanceHeader) -> bool:
@@ -146,8 +167,19 @@ class Indexer:
 
     def _series_id(self, conn: Connection, header: InstanceHeader, study_id: int, calling_ae: str | None) -> int:
         cached = self._series_ids.get(header.series_instance_uid)
-        if cached is not None:
-            return cached
+        if cached is None:
+            cached = self._series_row(conn, header, study_id, calling_ae)
+        series_id, series_study_id = cached
+        if series_study_id != study_id:
+            raise HierarchyConflictError(
+                f"Series Instance UID {uid_ref(header.series_instance_uid)} belongs to another study "
+                f"than {uid_ref(header.study_instance_uid)}"
+            )
+        return series_id
+
+    def _series_row(
+        self, conn: Connection, header: InstanceHeader, study_id: int, calling_ae: str | None
+    ) -> tuple[int, int]:
         conn.execute(
             self._insert(Series)
             .values(
@@ -161,9 +193,10 @@ class Indexer:
             )
             .on_conflict_do_nothing(index_elements=["series_instance_uid"])
         )
-        series_id = conn.scalar(
-            select(Series.id).where(Series.series_instance_uid == header.series_instance_uid)
-        )
+        row = conn.execute(
+            select(Series.id, Series.study_id).where(Series.series_instance_uid == header.series_instance_uid)
+        ).one()
+        found = (int(row.id), int(row.study_id))
         with self._cache_lock:
-            self._series_ids[header.series_instance_uid] = series_id
-        return series_id
+            self._series_ids[header.series_instance_uid] = found
+        return found

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ortho_node.ingest.header import InstanceHeader, InvalidDatasetError, parse_header
-from ortho_node.ingest.indexer import Indexer
+from ortho_node.ingest.indexer import HierarchyConflictError, Indexer
 from ortho_node.ingest.part10 import part10_header
 from ortho_node.ingest.reconcile import index_stored_file
 from ortho_node.ingest.sop_classes import out_of_scope_reason
@@ -80,8 +80,10 @@ class IngestService:
         Raises
         ------
         InvalidDatasetError
-            The data set does not parse, lacks a required UID, or contradicts what the sender
-            declared. Nothing is stored.
+            The data set does not parse, lacks a required UID, contradicts what the sender
+            declared, or contradicts the index's hierarchy (``HierarchyConflictError``: its SOP
+            Instance UID stored in another study or series, its series in another study).
+            Nothing is stored.
         ortho_node.store.StoreError
             The file could not be made durable (``StoreFullError`` when out of space).
         ortho_node.ingest.indexer.IndexUnavailableError
@@ -121,16 +123,21 @@ class IngestService:
             )
             index_stored_file(self.store, self.indexer, original, calling_ae=item.calling_ae, source=item.source)
             return IngestResult(IngestOutcome.CONFLICT, header, study_id=None, relative_path=put.relative_path)
-        indexed = self.indexer.record_instance(
-            header,
-            relative_path=put.relative_path,
-            size_bytes=put.size_bytes,
-            sha256=put.sha256,
-            transfer_syntax_uid=item.transfer_syntax_uid,
-            calling_ae=item.calling_ae,
-            source=item.source,
-            out_of_scope_reason=out_of_scope_reason(header.sop_class_uid),
-        )
+        try:
+            indexed = self.indexer.record_instance(
+                header,
+                relative_path=put.relative_path,
+                size_bytes=put.size_bytes,
+                sha256=put.sha256,
+                transfer_syntax_uid=item.transfer_syntax_uid,
+                calling_ae=item.calling_ae,
+                source=item.source,
+                out_of_scope_reason=out_of_scope_reason(header.sop_class_uid),
+            )
+        except HierarchyConflictError:
+            if put.created:  # refused: the file under the contradicting path goes again
+                self.store.withdraw(put.relative_path)
+            raise
         outcome = IngestOutcome.STORED if indexed.new else IngestOutcome.DUPLICATE
         return IngestResult(outcome, header, study_id=indexed.study_id, relative_path=put.relative_path)
 

@@ -182,6 +182,16 @@ class InstanceStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def withdraw(self, relative_path: str) -> None:
+        """Remove a file this store has just created for an instance that is refused after all
+        (never acknowledged), durably, so that nothing is left for ``store check`` to find."""
+        final = self.root / relative_path
+        try:
+            final.unlink(missing_ok=True)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            _raise_store_error(exc, "removing a refused instance")
+
     def discard_temporary_files(self) -> int:
         """Delete temp files left by a crash (they were never acknowledged). Returns the count."""
         count = 0
