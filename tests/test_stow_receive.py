@@ -108,6 +108,7 @@ def test_stow_refusals_are_precise(node_factory, study):
     body, content_type = multipart([("application/dicom", second)])
     refused = httpx.post(other, content=body, headers={**auth, "Content-Type": content_type})
     assert refused.status_code == 409
+    assert REFERENCED_SOP_SEQUENCE not in refused.json()  # Type 1C: absent, not empty
     (failed,) = refused.json()[FAILED_SOP_SEQUENCE]["Value"]
     assert failed[FAILURE_REASON]["Value"] == [0xA900]
     sop = pydicom.dcmread(study.files[1].path, stop_before_pixels=True).SOPInstanceUID

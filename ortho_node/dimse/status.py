@@ -1,6 +1,7 @@
 """DIMSE status codes the node returns, each with its meaning and source.
 
-PS3.4 Annex B.2.3 (Storage Service Class statuses) and PS3.7 Annex C (general statuses).
+PS3.4 Annex B.2.3 (Storage Service Class statuses) and PS3.7 Annex C (general statuses);
+PS3.18 Table I.2-2 for the STOW-RS Failure Reasons.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 
-from ortho_node.ingest.header import InvalidDatasetError
+from ortho_node.ingest.header import InvalidDatasetError, UnsupportedSOPClassError, UnsupportedTransferSyntaxError
 from ortho_node.ingest.indexer import IndexUnavailableError
 from ortho_node.store import StoreFullError, StoreWriteError
 
@@ -41,13 +42,32 @@ class StoreStatus(enum.IntEnum):
     """Processing failure (PS3.7 C.4): an unexpected error; the traceback is logged."""
 
 
+class StowFailureReason(enum.IntEnum):
+    """STOW-RS Failure Reasons (PS3.18 Table I.2-2) beyond :class:`StoreStatus`.
+
+    Kept out of ``StoreStatus``, which lists exactly what the C-STORE SCP returns: over DIMSE an
+    unsupported SOP class or transfer syntax never reaches ingest, it is refused at presentation
+    context negotiation.
+    """
+
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    """Referenced SOP Class not supported: not a storage SOP class the SCP accepts."""
+
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+    """Referenced Transfer Syntax not supported: not a transfer syntax the SCP accepts."""
+
+
 class EchoStatus(enum.IntEnum):
     SUCCESS = 0x0000
 
 
 def failure_status(exc: BaseException) -> StoreStatus:
-    """The storage status for an exception of :meth:`IngestService.receive` (C-STORE status,
-    or the STOW-RS Failure Reason: PS3.18 uses the same codes)."""
+    """The C-STORE status for an exception of :meth:`IngestService.receive`.
+
+    An :class:`UnsupportedTransferSyntaxError` or :class:`UnsupportedSOPClassError` maps to
+    0xA900 with the other invalid data sets: the SCP's negotiation keeps both from ingest, so a
+    C-STORE never sees them. STOW-RS, which has no negotiation, uses :func:`stow_failure_reason`.
+    """
     if isinstance(exc, InvalidDatasetError):
         return StoreStatus.CANNOT_UNDERSTAND if exc.unparseable else StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
     if isinstance(exc, StoreFullError):
@@ -59,7 +79,21 @@ def failure_status(exc: BaseException) -> StoreStatus:
     return StoreStatus.PROCESSING_FAILURE
 
 
-def log_level_for(status: StoreStatus) -> int:
+def stow_failure_reason(exc: BaseException) -> StoreStatus | StowFailureReason:
+    """The STOW-RS Failure Reason (0008,1197) for an exception of a STOW-RS part: PS3.18 Table
+    I.2-2 uses the C-STORE codes, plus 0x0122 and 0xC122 for what DIMSE refuses at negotiation."""
+    if isinstance(exc, UnsupportedTransferSyntaxError):
+        return StowFailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
+    if isinstance(exc, UnsupportedSOPClassError):
+        return StowFailureReason.SOP_CLASS_NOT_SUPPORTED
+    return failure_status(exc)
+
+
+def log_level_for(status: int) -> int:
     """Bad input from the sender is a warning; the node's own trouble is an error."""
-    bad_input = (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    bad_input = (
+        StoreStatus.CANNOT_UNDERSTAND,
+        StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        *StowFailureReason,
+    )
     return logging.WARNING if status in bad_input else logging.ERROR

@@ -52,6 +52,25 @@ class InvalidDatasetError(ValueError):
         self.unparseable = unparseable
 
 
+class UnsupportedTransferSyntaxError(InvalidDatasetError):
+    """The data set is encoded in a transfer syntax the node does not accept (STOW-RS Failure
+    Reason 0xC122). Over DIMSE such a syntax is refused at presentation context negotiation."""
+
+    def __init__(self, transfer_syntax_uid: str) -> None:
+        # A transfer syntax UID is not PHI; repr and the UI length limit keep odd input short.
+        super().__init__(f"transfer syntax not supported: {transfer_syntax_uid[:64]!r}")
+        self.transfer_syntax_uid = transfer_syntax_uid
+
+
+class UnsupportedSOPClassError(InvalidDatasetError):
+    """The instance's SOP class is not a storage SOP class the node accepts (STOW-RS Failure
+    Reason 0x0122). Over DIMSE such a class is refused at presentation context negotiation."""
+
+    def __init__(self, sop_class_uid: str) -> None:
+        super().__init__(f"SOP class not supported: {sop_class_uid[:64]!r}")
+        self.sop_class_uid = sop_class_uid
+
+
 @dataclass(frozen=True)
 class InstanceHeader:
     """The header fields of one instance that the index and the routing rules use."""
@@ -122,12 +141,14 @@ def parse_header(data: BinaryIO | bytes, transfer_syntax_uid: str) -> InstanceHe
 
     Raises
     ------
+    UnsupportedTransferSyntaxError
+        ``transfer_syntax_uid`` is not a transfer syntax pydicom can read.
     InvalidDatasetError
         The bytes do not parse, or a required UID is missing or invalid.
     """
     syntax = UID(transfer_syntax_uid)
     if not syntax.is_transfer_syntax:
-        raise InvalidDatasetError(f"unknown transfer syntax {transfer_syntax_uid}")
+        raise UnsupportedTransferSyntaxError(transfer_syntax_uid)
     stream = _readable_stream(data, syntax)
     values: dict[str, Any] = {}
     try:

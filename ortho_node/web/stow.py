@@ -3,8 +3,9 @@
 The request is ``multipart/related; type="application/dicom"``, one DICOM Part 10 file per
 part. Each instance goes through the same :class:`~ortho_node.ingest.service.IngestService` as
 a C-STORE: durable file, committed index row, then it counts as stored. The response is the
-PS3.18 store instances response (DICOM JSON): Referenced SOP Sequence for what was stored,
-Failed SOP Sequence with a Failure Reason (the C-STORE status codes) for what was not.
+PS3.18 store instances response (DICOM JSON, Annex I): Referenced SOP Sequence for what was
+stored, Failed SOP Sequence with a Failure Reason (the C-STORE status codes, plus 0x0122 / 0xC122
+for a SOP class / transfer syntax the DIMSE SCP would not negotiate) for what was not.
 200 when every instance was stored, 202 when some were, 409 when none was; 400 for a body
 that is not valid multipart, 413 above ``http.stow_max_bytes``, 415 for any other media type
 (metadata + bulk data requests are not supported).
@@ -20,10 +21,17 @@ from email.message import Message
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydicom.dataset import Dataset
+from pynetdicom import AllStoragePresentationContexts
 from starlette.concurrency import run_in_threadpool
 
-from ortho_node.dimse.status import StoreStatus, failure_status, log_level_for
-from ortho_node.ingest.header import InvalidDatasetError
+from ortho_node.dimse.scp import ACCEPTED_TRANSFER_SYNTAXES
+from ortho_node.dimse.status import StoreStatus, StowFailureReason, log_level_for, stow_failure_reason
+from ortho_node.ingest.header import (
+    InvalidDatasetError,
+    UnsupportedSOPClassError,
+    UnsupportedTransferSyntaxError,
+    parse_header,
+)
 from ortho_node.ingest.part10 import read_part10_meta
 from ortho_node.ingest.service import IngestService, ReceivedInstance
 from ortho_node.privacy import uid_ref
@@ -32,6 +40,11 @@ from ortho_node.web.metrics import StowMetrics
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
+
+# What the DIMSE SCP negotiates (dimse.scp.build_ae: every storage context, these syntaxes).
+# STOW-RS has no negotiation, so each part is held to the same sets, refused per instance.
+STORAGE_SOP_CLASSES: frozenset[str] = frozenset(str(c.abstract_syntax) for c in AllStoragePresentationContexts)
+TRANSFER_SYNTAXES: frozenset[str] = frozenset(str(uid) for uid in ACCEPTED_TRANSFER_SYNTAXES)
 
 
 class MultipartError(ValueError):
@@ -88,7 +101,26 @@ def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], me
 class _Outcome:
     sop_class_uid: str | None
     sop_instance_uid: str | None
-    failure: StoreStatus | None
+    failure: StoreStatus | StowFailureReason | None
+
+
+def _supported_sop_class(declared: str | None, transfer_syntax_uid: str, dataset: memoryview) -> str:
+    """The part's SOP class once it and the transfer syntax are among what the SCP accepts.
+
+    Raises
+    ------
+    UnsupportedTransferSyntaxError, UnsupportedSOPClassError
+        Outside the SCP's sets.
+    InvalidDatasetError
+        No SOP class in the File Meta and the data set does not give one.
+    """
+    if transfer_syntax_uid not in TRANSFER_SYNTAXES:
+        raise UnsupportedTransferSyntaxError(transfer_syntax_uid)
+    # Without a Media Storage SOP Class UID ingest has nothing to compare the data set with.
+    sop_class = declared or parse_header(dataset, transfer_syntax_uid).sop_class_uid
+    if sop_class not in STORAGE_SOP_CLASSES:
+        raise UnsupportedSOPClassError(sop_class)
+    return sop_class
 
 
 def _store_part(ingest: IngestService, part: memoryview, study_uid: str | None) -> _Outcome:
@@ -97,21 +129,24 @@ def _store_part(ingest: IngestService, part: memoryview, study_uid: str | None) 
     except InvalidDatasetError as exc:
         log.warning("STOW-RS part refused (0xC000): %s", exc)
         return _Outcome(None, None, StoreStatus.CANNOT_UNDERSTAND)
-    sop_class = str(meta.get("MediaStorageSOPClassUID", "")) or None
+    declared_class = str(meta.get("MediaStorageSOPClassUID", "")) or None
+    sop_class = declared_class
     sop_instance = str(meta.get("MediaStorageSOPInstanceUID", "")) or None
+    transfer_syntax = str(meta.TransferSyntaxUID)
     item = ReceivedInstance(
         dataset=part[offset:],
-        transfer_syntax_uid=str(meta.TransferSyntaxUID),
-        declared_sop_class_uid=sop_class,
+        transfer_syntax_uid=transfer_syntax,
+        declared_sop_class_uid=declared_class,
         declared_sop_instance_uid=sop_instance,
         calling_ae=None,
         source="stow",
         expected_study_uid=study_uid,
     )
     try:
+        sop_class = _supported_sop_class(declared_class, transfer_syntax, part[offset:])
         ingest.receive(item)
     except Exception as exc:  # the service boundary: every failure is reported per instance
-        code = failure_status(exc)
+        code = stow_failure_reason(exc)
         if code is StoreStatus.PROCESSING_FAILURE:
             log.exception("STOW-RS %s failed unexpectedly (0x0110)", uid_ref(sop_instance or ""))
         else:
@@ -121,7 +156,11 @@ def _store_part(ingest: IngestService, part: memoryview, study_uid: str | None) 
 
 
 def _response_body(outcomes: list[_Outcome]) -> dict:
+    """The Store Instances Response Module (PS3.18 Table I.1-1)."""
     response = Dataset()
+    # Retrieve URL is Type 2, top level and per stored instance: present, empty, as the node
+    # has no WADO-RS origin server to retrieve from.
+    response.RetrieveURL = None
     stored, failed = [], []
     for outcome in outcomes:
         reference = Dataset()
@@ -130,12 +169,16 @@ def _response_body(outcomes: list[_Outcome]) -> dict:
         if outcome.sop_instance_uid:
             reference.ReferencedSOPInstanceUID = outcome.sop_instance_uid
         if outcome.failure is None:
+            reference.RetrieveURL = None
             stored.append(reference)
         else:
             reference.FailureReason = int(outcome.failure)
             failed.append(reference)
-    response.ReferencedSOPSequence = stored
-    response.FailedSOPSequence = failed
+    # Both sequences are Type 1C: present only when they have an item.
+    if stored:
+        response.ReferencedSOPSequence = stored
+    if failed:
+        response.FailedSOPSequence = failed
     return response.to_json_dict()
 
 
