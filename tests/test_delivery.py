@@ -310,16 +310,19 @@ def _rows_by_kind(db: Database) -> dict[str, Delivery]:
 class CannedStowServer:
     """A STOW-RS endpoint on loopback that answers every POST with one canned response: the
     behaviours of archives that Orthanc does not show (parameters on the Content-Type, 202
-    with failures, 409 with reasons)."""
+    with failures, 409 with reasons) and of what may stand in front of one (a login page)."""
 
     def __init__(self, status: int, content_type: str | None, body: bytes) -> None:
         import http.server
         import threading
 
         canned = (status, content_type, body)
+        self.accept: list[str] = []  # each request's Accept header
+        accept = self.accept
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                accept.append(self.headers.get("Accept", ""))
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status, content_type, body = canned
                 self.send_response(status)
@@ -348,30 +351,40 @@ class CannedStowServer:
         self.server.server_close()
 
 
-def _failed_sop_json(failures: dict[str, int]) -> bytes:
-    import json
-
-    items = [
+def _store_response_json(referenced: list[str], failures: dict[str, int]) -> bytes:
+    """A Store Instances Response (PS3.18 Annex I) in DICOM JSON."""
+    stored = [{"00081155": {"vr": "UI", "Value": [uid]}} for uid in referenced]
+    failed = [
         {"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [reason]}}
         for uid, reason in failures.items()
     ]
-    return json.dumps({"00081198": {"vr": "SQ", "Value": items}}).encode()
+    return json.dumps({"00081198": {"vr": "SQ", "Value": failed}, "00081199": {"vr": "SQ", "Value": stored}}).encode()
+
+
+LOGIN_PAGE = b"<html><body>Please log in</body></html>"  # a proxy's or single-sign-on page
 
 
 @pytest.mark.parametrize(
-    ("status", "content_type", "failed_sc", "expected"),
+    ("status", "content_type", "referenced", "failed_sc", "expected"),
     [
         # An archive that adds a charset: the failure must still be read (it was taken for success).
-        (202, "application/dicom+json; charset=utf-8", 0xA700, {"sr": "sent", "sc": "pending"}),
-        (202, "application/dicom+json; charset=utf-8", 0xA900, {"sr": "sent", "sc": "dead"}),
-        (200, "application/dicom+json;charset=UTF-8", None, {"sr": "sent", "sc": "sent"}),
+        (202, "application/dicom+json; charset=utf-8", ("sr",), 0xA700, {"sr": "sent", "sc": "pending"}),
+        (202, "application/dicom+json; charset=utf-8", ("sr",), 0xA900, {"sr": "sent", "sc": "dead"}),
+        (200, "application/dicom+json;charset=UTF-8", ("sr", "sc"), None, {"sr": "sent", "sc": "sent"}),
         # 202 without a readable body: which instances were stored is unknown, so all are retried.
-        (202, None, None, {"sr": "pending", "sc": "pending"}),
+        (202, None, None, None, {"sr": "pending", "sc": "pending"}),
+        # 200 is not enough: a login page, an empty body, or a response that does not reference
+        # an object leaves it to be retried (each was counted as delivered).
+        (200, "text/html", LOGIN_PAGE, None, {"sr": "pending", "sc": "pending"}),
+        (200, None, None, None, {"sr": "pending", "sc": "pending"}),
+        (200, "application/dicom+json", ("sr",), None, {"sr": "sent", "sc": "pending"}),
         # 409 with a reason per instance: out of resources is retried, not dead-lettered.
-        (409, "application/dicom+json", 0xA700, {"sr": "dead", "sc": "pending"}),
+        (409, "application/dicom+json", (), 0xA700, {"sr": "dead", "sc": "pending"}),
     ],
 )
-def test_stow_outcomes_follow_the_response_per_instance(knee_results, tmp_path, status, content_type, failed_sc, expected):
+def test_stow_outcomes_follow_the_response_per_instance(
+    knee_results, tmp_path, status, content_type, referenced, failed_sc, expected
+):
     _, source, built = knee_results
     with CannedStowServer(200, None, b"") as placeholder:
         settings = make_settings(tmp_path, [{"kind": "stow", "name": "pacs", "url": placeholder.url}])
@@ -380,7 +393,10 @@ def test_stow_outcomes_follow_the_response_per_instance(knee_results, tmp_path, 
     failures = {results["sc"].sop_instance_uid: failed_sc} if failed_sc is not None else {}
     if status == 409:  # the SR is refused too, without a retryable reason
         failures[results["sr"].sop_instance_uid] = 0xC000
-    body = _failed_sop_json(failures) if content_type else b""
+    if isinstance(referenced, tuple):
+        body = _store_response_json([results[kind].sop_instance_uid for kind in referenced], failures)
+    else:
+        body = referenced or b""
     with CannedStowServer(status, content_type, body) as archive:
         settings = make_settings(tmp_path, [{"kind": "stow", "name": "pacs", "url": archive.url}])
         run_deliveries(db, settings, [d.id for d in deliveries(db)])
@@ -389,6 +405,95 @@ def test_stow_outcomes_follow_the_response_per_instance(knee_results, tmp_path, 
     for kind, row in rows.items():
         if expected[kind] != "sent":
             assert row.last_error, "a failure says why"
+
+
+def _small_part10(path: Path) -> pydicom.Dataset:
+    """A minimal Secondary Capture file: enough for STOW-RS, quicker than the knee results."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "STOW1"
+    ds.Modality = "OT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def _store_response_xml(referenced: list[str], failures: dict[str, int]) -> bytes:
+    """A Store Instances Response in DICOM XML as Orthanc 1.10's DICOMweb plugin writes it
+    (namespaced, and an empty ``<Value>`` beside the items of a sequence)."""
+
+    def item(number: int, uid: str, reason: int | None) -> str:
+        why = f'<DicomAttribute tag="00081197" vr="US"><Value number="1">{reason}</Value></DicomAttribute>' if reason else ""
+        return (
+            f'<Item number="{number}"><DicomAttribute tag="00081155" vr="UI" keyword="ReferencedSOPInstanceUID">'
+            f'<Value number="1">{uid}</Value></DicomAttribute>{why}</Item>'
+        )
+
+    stored = "".join(item(n, uid, None) for n, uid in enumerate(referenced, 1))
+    failed = "".join(item(n, uid, reason) for n, (uid, reason) in enumerate(failures.items(), 1))
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM">'
+        f'<DicomAttribute tag="00081198" vr="SQ" keyword="FailedSOPSequence">{failed}</DicomAttribute>'
+        f'<DicomAttribute tag="00081199" vr="SQ" keyword="ReferencedSOPSequence">{stored}<Value number="1" />'
+        "</DicomAttribute></NativeDicomModel>"
+    ).encode()
+
+
+UNCONFIRMED = (False, True)  # (ok, transient): sent again by the retry policy
+STORED = (True, False)
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "response", "expected"),
+    [
+        (200, "text/html", LOGIN_PAGE, [UNCONFIRMED, UNCONFIRMED]),
+        (200, None, b"", [UNCONFIRMED, UNCONFIRMED]),
+        (200, "application/dicom+json", b"", [UNCONFIRMED, UNCONFIRMED]),
+        # Bodies that dicomweb-client fails to parse itself: a failure of this response, not the node's.
+        (200, "application/dicom+json", LOGIN_PAGE, [UNCONFIRMED, UNCONFIRMED]),
+        (200, "application/dicom+xml", LOGIN_PAGE, [UNCONFIRMED, UNCONFIRMED]),
+        (200, "application/json", b'{"message": "Unauthorized"}', [UNCONFIRMED, UNCONFIRMED]),
+        # A Store Instances Response that references only the first object.
+        (200, "application/dicom+json", "json", [STORED, UNCONFIRMED]),
+        (200, "application/dicom+xml; charset=utf-8", "xml", [STORED, UNCONFIRMED]),
+        (202, "application/dicom+json", "json", [STORED, UNCONFIRMED]),
+        # The second listed as failed (0xA900, not transient) in either encoding.
+        (202, "application/dicom+json", "json-failed", [STORED, (False, False)]),
+        (202, "application/dicom+xml", "xml-failed", [STORED, (False, False)]),
+    ],
+)
+def test_stow_counts_an_object_stored_only_if_the_response_references_it(tmp_path, status, content_type, response, expected):
+    from ortho_node.config import StowDestination
+    from ortho_node.pipeline.stow import store_files
+
+    paths = [tmp_path / "first.dcm", tmp_path / "second.dcm"]
+    first, second = (str(_small_part10(path).SOPInstanceUID) for path in paths)
+    bodies = {
+        "json": _store_response_json([first], {}),
+        "xml": _store_response_xml([first], {}),
+        "json-failed": _store_response_json([first], {second: 0xA900}),
+        "xml-failed": _store_response_xml([first], {second: 0xA900}),
+    }
+    body = bodies[response] if isinstance(response, str) else response
+    with CannedStowServer(status, content_type, body) as archive:
+        outcomes = store_files(StowDestination(name="pacs", url=archive.url), paths, timeout_s=10)
+    assert [(o.ok, o.transient) for o in outcomes] == expected
+    for outcome, want in zip(outcomes, expected):
+        if want == UNCONFIRMED:
+            assert "the response did not confirm it" in outcome.detail
+    assert archive.accept and all("application/dicom+json" in a and "application/dicom+xml" in a for a in archive.accept), (
+        "the request asks for a Store Instances Response the node can read"
+    )
 
 
 def test_association_aborted_mid_batch_leaves_no_row_in_sending(knee_results, tmp_path):

@@ -7,11 +7,14 @@ status is (:func:`~ortho_node.dimse.scu.failure_is_transient`). A request that f
 whole: HTTP 4xx other than 408/429 is permanent, 5xx, 408, 429 and connection errors are
 transient.
 
-dicomweb-client parses a response body only when its Content-Type is exactly
-``application/dicom+json`` (or XML); an archive that adds a parameter (``; charset=utf-8``)
-would have its Failed SOP Sequence ignored and every object counted as stored. A response
-hook strips the parameters before the client reads the header, and a 202 whose body still
-cannot be read leaves every object of the request to be retried: which were stored is unknown.
+A 2xx counts an object as stored only where the body is a Store Instances Response (PS3.18
+Annex I: DICOM JSON, or DICOM XML as PS3.19's Native DICOM Model) whose Referenced SOP Sequence
+lists its SOP Instance UID. A 200 or 202 without such a body (a proxy's or single-sign-on login
+page, an empty body), or one that neither references nor lists an object as failed, leaves it
+to be retried: the response did not confirm it. The request asks for DICOM JSON or XML
+(``Accept``); dicomweb-client would send ``*/*``. The body is read here, from the response kept
+by a hook, with any media type parameters (``; charset=utf-8``) ignored, not from what
+dicomweb-client makes of it.
 
 A response that says "stored" is not always so: an origin server may answer 200 for an instance
 its own rules then discard (Orthanc does, for an instance its ``ReceivedInstanceFilter``
@@ -23,8 +26,9 @@ as a storage commitment failure is for a DIMSE destination.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import replace
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
@@ -42,6 +46,12 @@ log = logging.getLogger(__name__)
 _TRANSIENT_HTTP = {408, 429}
 _PER_INSTANCE_ERRORS = {400, 409}  # none stored; the body may give a reason per instance
 _JSON_TYPES = {"application/dicom+json", "application/json"}
+_XML_TYPES = {"application/dicom+xml", "application/xml"}
+# What the Store Instances Response may be (PS3.18 10.5.3); a server answering */* may pick anything.
+_STOW_ACCEPT = "application/dicom+json, application/dicom+xml"
+# Raised by dicomweb-client reading a 2xx body it takes for DICOM JSON or XML but cannot parse.
+_CLIENT_BODY_ERRORS = (ValueError, TypeError, KeyError, AttributeError, SyntaxError)
+_UNCONFIRMED = "the response did not confirm it"
 
 
 def media_type(response: requests.Response) -> str:
@@ -54,7 +64,9 @@ def _bare_content_type(response: requests.Response, *args: object, **kwargs: obj
         response.headers["Content-Type"] = media_type(response)
 
 
-def _client(destination: StowDestination, timeout_s: float, responses: list[requests.Response]) -> DICOMwebClient:
+def _client(
+    destination: StowDestination, timeout_s: float, responses: list[requests.Response], *, accept: str | None = None,
+) -> DICOMwebClient:
     """A client whose responses have bare media types and are kept in ``responses``."""
     if destination.username and destination.password is not None:
         session = create_session_from_user_pass(destination.username, destination.password.get_secret_value())
@@ -66,36 +78,102 @@ def _client(destination: StowDestination, timeout_s: float, responses: list[requ
     headers = {}
     if destination.bearer_token is not None:
         headers["Authorization"] = f"Bearer {destination.bearer_token.get_secret_value()}"
+    if accept is not None:
+        headers["Accept"] = accept
     return DICOMwebClient(destination.url, session=session, headers=headers, timeout=timeout_s)
 
 
-def _json_body(response: requests.Response) -> Dataset | None:
-    """The response body as a dataset, if it is DICOM JSON; None otherwise."""
-    if not response.content or media_type(response) not in _JSON_TYPES:
-        return None
+@dataclass(frozen=True)
+class _StoreResponse:
+    """What a Store Instances Response (PS3.18 Annex I) says, by SOP Instance UID."""
+
+    referenced: frozenset[str]  # Referenced SOP Sequence: stored
+    failed: dict[str, int]  # Failed SOP Sequence: Failure Reason
+
+
+def _json_response(response: requests.Response) -> _StoreResponse | None:
     try:
-        return Dataset.from_json(response.json())
-    except (ValueError, TypeError, KeyError):  # JSONDecodeError is a ValueError
+        body = Dataset.from_json(response.json())
+        referenced = {str(item.get("ReferencedSOPInstanceUID", "")) for item in body.get("ReferencedSOPSequence", [])}
+        failed = {
+            str(item.get("ReferencedSOPInstanceUID", "")): int(item.get("FailureReason", 0))
+            for item in body.get("FailedSOPSequence", [])
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):  # JSONDecodeError is a ValueError
         return None
+    if "ReferencedSOPSequence" not in body and "FailedSOPSequence" not in body:
+        return None  # some other JSON (an API gateway's error, say)
+    return _StoreResponse(frozenset(referenced), failed)
 
 
-def _per_instance(datasets: dict[Path, Dataset], body: Dataset, otherwise: SendOutcome) -> dict[Path, SendOutcome]:
-    """Each instance's outcome: its Failure Reason where the Failed SOP Sequence lists it,
-    else ``otherwise`` (for its own path)."""
-    failed = {
-        str(item.get("ReferencedSOPInstanceUID", "")): int(item.get("FailureReason", 0))
-        for item in body.get("FailedSOPSequence", [])
-    }
+def _local(element: ElementTree.Element) -> str:
+    """The tag name without its namespace (PS3.19's Native DICOM Model has one; not all servers use it)."""
+    return element.tag.rsplit("}", 1)[-1]
+
+
+def _xml_attributes(parent: ElementTree.Element) -> Iterator[tuple[str, ElementTree.Element]]:
+    for child in parent:
+        if _local(child) == "DicomAttribute":
+            yield child.get("tag", "").upper(), child
+
+
+def _xml_value(attribute: ElementTree.Element) -> str:
+    value = next((child for child in attribute if _local(child) == "Value"), None)
+    return (value.text or "").strip() if value is not None else ""
+
+
+def _xml_items(sequence: ElementTree.Element) -> Iterator[dict[str, str]]:
+    """Each item of a sequence attribute, as tag -> first value (Orthanc adds an empty
+    ``<Value>`` beside the items: not an item)."""
+    for item in sequence:
+        if _local(item) == "Item":
+            yield {tag: _xml_value(attribute) for tag, attribute in _xml_attributes(item)}
+
+
+def _xml_response(response: requests.Response) -> _StoreResponse | None:
+    try:
+        root = ElementTree.fromstring(response.content)
+        if _local(root) != "NativeDicomModel":
+            return None
+        sequences = {tag: list(_xml_items(attribute)) for tag, attribute in _xml_attributes(root)}
+        referenced = frozenset(item.get("00081155", "") for item in sequences.get("00081199", []))
+        failed = {item.get("00081155", ""): int(item.get("00081197") or 0) for item in sequences.get("00081198", [])}
+    except (ElementTree.ParseError, ValueError):  # ValueError: a Failure Reason that is not a number
+        return None
+    if "00081199" not in sequences and "00081198" not in sequences:
+        return None
+    return _StoreResponse(referenced, failed)
+
+
+def _store_response(response: requests.Response | None) -> _StoreResponse | None:
+    """The body as a Store Instances Response, if it is one in DICOM JSON or XML; None otherwise."""
+    if response is None or not response.content:
+        return None
+    if media_type(response) in _JSON_TYPES:
+        return _json_response(response)
+    if media_type(response) in _XML_TYPES:
+        return _xml_response(response)
+    return None
+
+
+def _per_instance(
+    datasets: dict[Path, Dataset], answer: _StoreResponse, *, referenced: SendOutcome, unlisted: SendOutcome,
+) -> dict[Path, SendOutcome]:
+    """Each instance's outcome: its Failure Reason where the Failed SOP Sequence lists it, else
+    ``referenced`` where the Referenced SOP Sequence does, else ``unlisted`` (for its own path)."""
     outcomes = {}
     for path, ds in datasets.items():
-        reason = failed.get(str(ds.SOPInstanceUID))
-        if reason is None:
-            outcomes[path] = replace(otherwise, path=path)
-        else:
+        uid = str(ds.SOPInstanceUID)
+        reason = answer.failed.get(uid)
+        if reason is not None:  # listed as failed wins over referenced: never count a doubtful one
             outcomes[path] = SendOutcome(
                 path, ok=False, transient=failure_is_transient(reason),
                 detail=f"STOW failure reason 0x{reason:04X}",
             )
+        elif uid in answer.referenced:
+            outcomes[path] = replace(referenced, path=path)
+        else:
+            outcomes[path] = replace(unlisted, path=path)
     return outcomes
 
 
@@ -157,22 +235,36 @@ def _verify(destination: StowDestination, stored: dict[Path, Dataset], timeout_s
 
 def _store(destination: StowDestination, datasets: dict[Path, Dataset], timeout_s: float) -> dict[Path, SendOutcome]:
     responses: list[requests.Response] = []
+    client = _client(destination, timeout_s, responses, accept=_STOW_ACCEPT)
     try:
-        body = _client(destination, timeout_s, responses).store_instances(list(datasets.values()))
+        client.store_instances(list(datasets.values()))
     except requests.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else 0
-        reasons = _json_body(exc.response) if code in _PER_INSTANCE_ERRORS and exc.response is not None else None
-        if reasons is not None and "FailedSOPSequence" in reasons:
+        reasons = _store_response(exc.response) if code in _PER_INSTANCE_ERRORS else None
+        if reasons is not None:
             log.warning("STOW-RS to %s refused the request: HTTP %d", destination.name, code)
+            # 400 and 409 store none (PS3.18 10.5.3), whatever the body references.
             refused = SendOutcome(Path(), ok=False, detail=f"STOW-RS refused the request: HTTP {code}")
-            return _per_instance(datasets, reasons, refused)
+            return _per_instance(datasets, reasons, referenced=refused, unlisted=refused)
         transient = code >= 500 or code in _TRANSIENT_HTTP or code == 0
         raise DestinationUnavailable(f"STOW-RS to {destination.name} failed: HTTP {code}", transient=transient) from exc
+    except _CLIENT_BODY_ERRORS:
+        # dicomweb-client failed to parse a 2xx body (requests' JSONDecodeError is also a
+        # RequestException, hence before it); the body is judged below, as any other.
+        if not (responses and responses[-1].ok):
+            raise
     except requests.RequestException as exc:
         raise DestinationUnavailable(f"STOW-RS to {destination.name} failed: {type(exc).__name__}") from exc
-    status = responses[-1].status_code if responses else 200
-    if status == 202 and "FailedSOPSequence" not in body and "ReferencedSOPSequence" not in body:
-        log.warning("STOW-RS to %s: HTTP 202 without a readable response body", destination.name)
-        unknown = "HTTP 202 (some instances not stored) without a readable response: retried"
+    last = responses[-1] if responses else None
+    status = last.status_code if last is not None else 0
+    answer = _store_response(last)
+    if answer is None:
+        kind = (media_type(last) or "no Content-Type") if last is not None and last.content else "no body"
+        log.warning("STOW-RS to %s: HTTP %d without a Store Instances Response (%s)", destination.name, status, kind)
+        unknown = f"HTTP {status} without a Store Instances Response ({kind}): {_UNCONFIRMED}"
         return {path: SendOutcome(path, ok=False, transient=True, detail=unknown) for path in datasets}
-    return _per_instance(datasets, body, SendOutcome(Path(), ok=True))
+    unconfirmed = SendOutcome(Path(), ok=False, transient=True, detail=f"HTTP {status}, not referenced: {_UNCONFIRMED}")
+    outcomes = _per_instance(datasets, answer, referenced=SendOutcome(Path(), ok=True), unlisted=unconfirmed)
+    if any(outcome.detail == unconfirmed.detail for outcome in outcomes.values()):
+        log.warning("STOW-RS to %s: HTTP %d did not reference every instance sent", destination.name, status)
+    return outcomes
