@@ -36,7 +36,8 @@ STORE_STATUS_MEANINGS: dict[StoreStatus, str] = {
     StoreStatus.OUT_OF_RESOURCES_INDEX: "Refused, out of resources: the index database is unavailable",
     StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS: (
         "Error, data set does not match SOP class: a required UID is missing or invalid, "
-        "or the data set contradicts the request"
+        "the data set contradicts the request, or its UIDs contradict what is stored (its SOP "
+        "Instance UID in another study or series, its series in another study)"
     ),
     StoreStatus.CANNOT_UNDERSTAND: "Error, cannot understand: the data set does not parse",
     StoreStatus.PROCESSING_FAILURE: "Processing failure: an unexpected error (logged)",
@@ -152,10 +153,13 @@ def conformance_statement(settings: Settings) -> str:
         " any other failure status, and the last failed attempt, dead-letters the object, shown by"
         " `ortho-node status`; `ortho-node resend` sends it again. Result UIDs are derived from"
         " (study, model version, revision, object), so a re-send carries the same UIDs. As a STOW-RS"
-        " user agent the node reads outcomes per instance: 200 all stored; 202, 400 and 409 with a"
-        " Failed SOP Sequence, each Failure Reason classed as the C-STORE status of that value; a"
-        " 202 whose body cannot be read retries the whole request; the response's media type is"
-        " matched without its parameters (`application/dicom+json; charset=utf-8`). A result file"
+        " user agent the node asks for a DICOM JSON or DICOM XML Store Instances Response and reads"
+        " it per instance: an instance counts as delivered only where the Referenced SOP Sequence"
+        " lists it; a Failed SOP Sequence item's Failure Reason is classed as the C-STORE status of"
+        " that value; any other 2xx answer (an HTML login page, an empty body, an instance neither"
+        " referenced nor listed as failed) leaves the instance to be sent again under the retry"
+        " policy; the response's media type is matched without its parameters"
+        " (`application/dicom+json; charset=utf-8`). A result file"
         " that cannot be read fails alone (dead-lettered; the rest of its batch is sent).",
         "",
         "Result objects are in the study of their source images, each kind in its own series;"
@@ -206,7 +210,13 @@ def conformance_statement(settings: Settings) -> str:
         " a C-STORE (durable, indexed, then reported stored); the response is DICOM JSON with the"
         " Referenced SOP Sequence and a Failed SOP Sequence whose Failure Reasons are the C-STORE"
         " statuses above (0xA900 also for an instance of another study than the one addressed):"
-        " 200 all stored, 202 some, 409 none. A request refused as a whole (401 token, 413 size,"
+        " 200 all stored, 202 some, 409 none. An instance whose SOP class is not one of the storage"
+        " SOP classes the C-STORE SCP accepts fails with 0x0122 (Referenced SOP Class not"
+        " supported), one whose transfer syntax is not in the SCP's table with 0xC122 (Referenced"
+        " Transfer Syntax not supported); an instance whose SOP Instance UID is already stored in"
+        " another study or series, or whose series belongs to another study, fails with 0xA900, as"
+        " in the C-STORE table. Retrieve URL (0008,1190) is present and empty (no WADO-RS); the Referenced"
+        " and Failed SOP Sequences are present only when they have items. A request refused as a whole (401 token, 413 size,"
         " 415 media type, 400 unreadable multipart) is answered with RFC 9457 problem details"
         " (`application/problem+json`: type, title, status, detail), as are the admin API's errors.",
         "",
