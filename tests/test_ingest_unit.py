@@ -278,3 +278,54 @@ def test_an_instance_arriving_during_assembly_defers_the_decision(ingest, db, se
         assert assembler._assemble(s, study_row.id, seen, later(60)) is None
     assert jobs_of(db) == []
     assert len(assembler.run_once(later(60)).queued_job_ids) == 1
+
+
+def test_a_data_set_cut_short_after_the_header_is_refused_unparseable(ingest, settings):
+    """Ingest parses only the header it needs; a data set cut inside Pixel Data (the element
+    declares more bytes than arrive) parsed fine and was acknowledged, to fail in the worker.
+    Now the rest of the element headers is walked: refused as cannot-understand (0xC000)."""
+    ds = small_image(study_uid=generate_uid())
+    whole = encode(ds)
+    for cut in (whole[:-12], whole[:-1], whole + b"\x00\x00\x00"):
+        item = ReceivedInstance(io.BytesIO(cut), EXPLICIT, declared_sop_class_uid=ds.SOPClassUID,
+                                declared_sop_instance_uid=ds.SOPInstanceUID)
+        with pytest.raises(InvalidDatasetError, match="truncated or malformed") as refused:
+            ingest.receive(item)
+        assert refused.value.unparseable
+    assert not list(settings.store_dir.rglob("*.dcm"))
+    assert receive(ingest, ds).outcome is IngestOutcome.STORED
+
+
+# pydicom's test files that are broken on purpose (their names say so) or encoded against their
+# transfer syntax (SC_rgb_jpeg.dcm: implicit VR under an explicit syntax; DCMTK refuses it too)
+BROKEN_TEST_FILES = {"MR_truncated.dcm", "rtplan_truncated.dcm", "emri_small_jpeg_2k_lossless_too_short.dcm", "SC_rgb_jpeg.dcm"}
+
+
+def test_the_completeness_walk_passes_every_whole_pydicom_test_file():
+    """No false refusals: every Part 10 file of pydicom's test data (all transfer syntaxes,
+    sequences and items of undefined length, encapsulated Pixel Data, private elements) is
+    whole to the walk, except the ones broken on purpose, which it finds."""
+    import pydicom.data
+
+    from ortho_node.ingest.header import parse_header
+    from ortho_node.ingest.part10 import read_part10_meta
+    from tests.test_preprocess_support import DATA_STORE
+
+    # the folders themselves: get_testdata_files() also looks for files to download (no network)
+    shipped = Path(pydicom.data.__file__).parent / "test_files"
+    walked, flagged = 0, set()
+    for path in sorted({*shipped.rglob("*.dcm"), *DATA_STORE.glob("*.dcm")}):
+        data = Path(path).read_bytes()
+        try:
+            meta, offset = read_part10_meta(data)
+        except InvalidDatasetError:
+            continue  # not Part 10 (raw data sets, DICOMDIR fragments)
+        try:
+            parse_header(data[offset:], str(meta.TransferSyntaxUID))
+        except InvalidDatasetError as exc:
+            if "truncated or malformed" in str(exc):
+                flagged.add(Path(path).name)
+            continue  # other refusals (no Study UID, unknown syntax) are not this test's
+        walked += 1
+    assert flagged == BROKEN_TEST_FILES
+    assert walked > 100

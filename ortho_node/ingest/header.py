@@ -19,6 +19,7 @@ from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from ortho_node.ingest.structure import TruncatedDatasetError, check_complete
 from ortho_node.privacy import uid_ref
 
 _KEYWORDS = (
@@ -136,6 +137,16 @@ def _readable_stream(data: BinaryIO | bytes, transfer_syntax: UID) -> BinaryIO:
     return data
 
 
+def _contents(stream: BinaryIO) -> bytes | memoryview:
+    if isinstance(stream, io.BytesIO):
+        return stream.getbuffer()  # no copy
+    position = stream.tell()
+    stream.seek(0)
+    contents = stream.read()
+    stream.seek(position)
+    return contents
+
+
 def parse_header(data: BinaryIO | bytes, transfer_syntax_uid: str) -> InstanceHeader:
     """Parse the ingest header from raw data set bytes encoded in ``transfer_syntax_uid``.
 
@@ -144,7 +155,8 @@ def parse_header(data: BinaryIO | bytes, transfer_syntax_uid: str) -> InstanceHe
     UnsupportedTransferSyntaxError
         ``transfer_syntax_uid`` is not a transfer syntax pydicom can read.
     InvalidDatasetError
-        The bytes do not parse, or a required UID is missing or invalid.
+        The bytes do not parse, end inside an element (truncated), or a required UID is
+        missing or invalid.
     """
     syntax = UID(transfer_syntax_uid)
     if not syntax.is_transfer_syntax:
@@ -164,6 +176,11 @@ def parse_header(data: BinaryIO | bytes, transfer_syntax_uid: str) -> InstanceHe
         raise InvalidDatasetError(f"data set does not parse: {type(exc).__name__}", unparseable=True) from exc
     if not values:
         raise InvalidDatasetError("data set is empty or not DICOM", unparseable=True)
+    try:  # the rest, unparsed so far, must be whole too (e.g. Pixel Data not cut short)
+        check_complete(_contents(stream), stream.tell(), implicit_vr=syntax.is_implicit_VR,
+                       little_endian=syntax.is_little_endian)
+    except TruncatedDatasetError as exc:
+        raise InvalidDatasetError(f"data set is truncated or malformed: {exc}", unparseable=True) from exc
     charset = _ascii(values.get("SpecificCharacterSet"))
     encodings = convert_encodings(charset.split("\\") if charset else None)
     return InstanceHeader(
