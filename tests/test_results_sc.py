@@ -244,3 +244,18 @@ def test_phantom_study_with_compressed_sources_end_to_end(tmp_path):
     assert np.abs(window_source(cr).astype(float) - expected).max() <= 1
     pixels, scale = _image_part(cr_sc, cr)
     assert np.array_equal(pixels[: 30 * scale : scale, : 30 * scale : scale, 0], window_source(cr)[:30, :30])
+
+
+def test_capture_of_an_enhanced_image_uses_its_per_frame_rescale_and_window():
+    """pydicom-data's Enhanced CT keeps its rescale and window per frame (Pixel Value
+    Transformation and Frame VOI LUT functional groups), none at the top level. The capture's
+    greyscale comes from the model's own decoding: air dark, a few percent at most saturated
+    (windowed in stored values instead, a third of the image was pure white)."""
+    from tests.test_preprocess_support import read
+
+    ct = read("eCT_Supplemental.dcm")
+    assert "RescaleSlope" not in ct and "WindowCenter" not in ct
+    for frame in (1, 2):
+        grey = window_source(ct, frame_number=frame)
+        assert grey.shape == (int(ct.Rows), int(ct.Columns))
+        assert (grey == 255).mean() < 0.05 and (grey == 0).mean() > 0.3

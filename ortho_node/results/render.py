@@ -2,9 +2,10 @@
 
 Pure numpy + Pillow; nothing here builds DICOM. Two ways in:
 
-- :func:`window_source` decodes a source dataset itself with pydicom (pixel data decoded by
-  pydicom's plugins, modality LUT, then the dataset's VOI window or VOI LUT, else a 0.5-99.5
-  percentile window; MONOCHROME1 is inverted so that bright means dense, as on a viewer);
+- :func:`window_source` decodes a source dataset as the model does (:mod:`ortho_node.model.pixels`:
+  pydicom's decoders, the modality LUT, then the VOI window or VOI LUT, per frame for enhanced
+  images, else a 0.5-99.5 percentile window; MONOCHROME1 inverted so that bright means dense,
+  as on a viewer);
 - :func:`display_to_uint8` takes an array the caller already decoded ("display array": 2-D,
   higher values brighter, MONOCHROME1 already inverted); a ``uint8`` array is used as is,
   anything else is stretched over its 0.5-99.5 percentile range.
@@ -26,7 +27,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+from ortho_node.model.pixels import UnsupportedImageError, decode_display_frame
 
 MIN_WIDTH = 512
 """Images narrower than this are enlarged by an integer factor before drawing."""
@@ -88,34 +90,6 @@ class Rendering:
 # --- greyscale ---------------------------------------------------------------------------
 
 
-def _window_params(ds: Dataset, frame_index: int) -> tuple[float, float, str] | None:
-    """Window centre, width and function: top level, else the frame's or shared functional groups."""
-    candidates: list[Dataset] = [ds]
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and frame_index < len(per_frame):
-        candidates += list(per_frame[frame_index].get("FrameVOILUTSequence", []))
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        candidates += list(shared[0].get("FrameVOILUTSequence", []))
-    for item in candidates:
-        if "WindowCenter" in item and "WindowWidth" in item:
-            centre, width = item.WindowCenter, item.WindowWidth
-            centre = float(centre[0] if isinstance(centre, Sequence) and not isinstance(centre, str) else centre)
-            width = float(width[0] if isinstance(width, Sequence) and not isinstance(width, str) else width)
-            function = str(item.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-            return centre, width, function
-    return None
-
-
-def _apply_window(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
-    """PS3.3 C.11.2.1.2 windowing to 0..1."""
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - centre) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((values - centre) / width + 0.5, 0.0, 1.0)
-    return np.clip((values - (centre - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
-
-
 def _percentile_stretch(values: np.ndarray) -> np.ndarray:
     low, high = np.percentile(values, [0.5, 99.5])
     if not high > low:
@@ -148,24 +122,11 @@ def window_source(ds: Dataset, *, frame_number: int | None = None) -> np.ndarray
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"source photometric interpretation must be MONOCHROME1/2 to render, got {photometric!r}")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    index = (frame_number or 1) - 1
-    raw = pixel_array(ds, index=index) if frames > 1 else pixel_array(ds)
-    if raw.ndim != 2:
-        raise ValueError(f"decoded frame must be 2-D, got shape {raw.shape}")
-    has_modality_lut = "RescaleSlope" in ds or "ModalityLUTSequence" in ds
-    modality = apply_modality_lut(raw, ds) if has_modality_lut else raw
-    values = np.asarray(modality, dtype=np.float64)
-    window = _window_params(ds, index)
-    if "VOILUTSequence" in ds:
-        unit = _percentile_stretch(np.asarray(apply_voi_lut(modality, ds, prefer_lut=True), dtype=np.float64))
-    elif window is not None and window[1] > 1.0:
-        unit = _apply_window(values, *window)
-    else:
-        unit = _percentile_stretch(values)
-    if photometric == "MONOCHROME1":
-        unit = 1.0 - unit
-    return np.round(unit * 255.0).astype(np.uint8)
+    try:  # the model's own decoding: per-frame rescale and VOI of enhanced images included
+        display = decode_display_frame(ds, frame_index=(frame_number or 1) - 1).values
+    except UnsupportedImageError as exc:
+        raise ValueError(f"source cannot be rendered: {exc}") from exc
+    return np.round(display * 255.0).astype(np.uint8)
 
 
 def display_to_uint8(display: np.ndarray) -> np.ndarray:
