@@ -162,6 +162,15 @@ def test_pixel_spacing_sources() -> None:
     frames = enhanced_mr(spacings=[(0.5 + 0.1 * i, 0.5) for i in range(10)])
     (row, column), source = pixel_spacing(frames, frame_index=4)
     assert (row, column, source) == (pytest.approx(0.9), 0.5, "PixelSpacing")
+    # PS3.3 10.7.1.1: a Pixel Spacing that repeats Imager Pixel Spacing, with no calibration
+    # type, is not corrected for magnification: the corrected detector spacing wins
+    copied = with_headers(magnified, PixelSpacing=[0.15, 0.15])
+    (row, column), source = pixel_spacing(copied)
+    assert (row, column) == pytest.approx((0.125, 0.125)) and "magnification 1.2" in source
+    calibrated = with_headers(copied, PixelSpacingCalibrationType="GEOMETRY")
+    assert pixel_spacing(calibrated) == ((0.15, 0.15), "PixelSpacing")
+    measured = with_headers(magnified, PixelSpacing=[0.13, 0.13])  # differs: a calibration
+    assert pixel_spacing(measured) == ((0.13, 0.13), "PixelSpacing")
 
 
 def test_left_knee_flipped_equals_right_knee_mirrored(radiograph: Dataset) -> None:

@@ -378,15 +378,20 @@ def pixel_spacing(ds: Dataset, *, frame_index: int = 0) -> tuple[tuple[float, fl
 
     Pixel Spacing (frame-level Pixel Measures first) is preferred: it is calibrated to the
     patient. Imager Pixel Spacing is at the detector; divided by the Estimated Radiographic
-    Magnification Factor when present. Zero, negative or non-numeric values count as unusable.
+    Magnification Factor when present. A Pixel Spacing equal to Imager Pixel Spacing without a
+    Pixel Spacing Calibration Type is the detector's, not corrected (PS3.3 10.7.1.1): the
+    magnification-corrected Imager Pixel Spacing is used instead. Zero, negative or non-numeric
+    values count as unusable.
     """
-    candidates: list[tuple[Any, str, float]] = [
-        (
-            functional_group_value(ds, frame_index, "PixelMeasuresSequence", "PixelSpacing"),
-            "PixelSpacing",
-            1.0,
-        )
-    ]
+    spacing = functional_group_value(ds, frame_index, "PixelMeasuresSequence", "PixelSpacing")
+    imager = ds.get("ImagerPixelSpacing")
+    uncalibrated = (
+        spacing is not None
+        and imager is not None
+        and not ds.get("PixelSpacingCalibrationType")
+        and _same_spacing(spacing, imager)
+    )
+    candidates: list[tuple[Any, str, float]] = [] if uncalibrated else [(spacing, "PixelSpacing", 1.0)]
     magnification = ds.get("EstimatedRadiographicMagnificationFactor")
     try:
         factor = float(magnification) if magnification not in (None, "") else 1.0
@@ -398,7 +403,7 @@ def pixel_spacing(ds: Dataset, *, frame_index: int = 0) -> tuple[tuple[float, fl
             if factor == 1.0
             else f"ImagerPixelSpacing / magnification {factor:g}"
         )
-        candidates.append((ds.get("ImagerPixelSpacing"), label, factor))
+        candidates.append((imager, label, factor))
     for value, source, divisor in candidates:
         if value is None or len(value) != 2:
             continue
@@ -409,6 +414,15 @@ def pixel_spacing(ds: Dataset, *, frame_index: int = 0) -> tuple[tuple[float, fl
         if math.isfinite(row) and math.isfinite(column) and row > 0 and column > 0:
             return (row, column), source
     return None
+
+
+def _same_spacing(first: Any, second: Any) -> bool:
+    try:
+        return len(first) == len(second) == 2 and all(
+            math.isclose(float(a), float(b), rel_tol=1e-6) for a, b in zip(first, second)
+        )
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
