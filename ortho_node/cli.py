@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ortho_node.config import CONFIG_ENV_VAR, Settings, describe_validation_error, effective_config, load_settings
-from ortho_node.privacy import redact_third_party_logs
+from ortho_node.privacy import redact_logs
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI node for musculoskeletal imaging (PACS in, DICOM SR/SC out).")
 db_app = typer.Typer(no_args_is_help=True, help="Index database.")
@@ -50,7 +50,7 @@ def configure_logging(level: str) -> None:
     )
     # pynetdicom logs every PDU at INFO; its association events are logged by our handlers.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    redact_third_party_logs()  # pydicom and pynetdicom quote the values they find invalid
+    redact_logs()  # UIDs in exception texts and paths; values pydicom and pynetdicom quote
 
 
 def _settings(**overrides: Any) -> Settings:

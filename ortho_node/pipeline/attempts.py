@@ -6,6 +6,7 @@ import datetime as dt
 
 from ortho_node.config import Settings
 from ortho_node.db.models import DeliveryState
+from ortho_node.privacy import redact
 
 
 def after_failed_attempt(settings: Settings, attempts: int, why: str, *, now: dt.datetime) -> dict:
@@ -14,9 +15,9 @@ def after_failed_attempt(settings: Settings, attempts: int, why: str, *, now: dt
     if attempts < settings.delivery.max_attempts:
         return dict(
             state=DeliveryState.PENDING.value, next_attempt_at=now + settings.delivery.backoff(attempts),
-            published_at=None, commitment_uid=None, last_error=why[:2000],
+            published_at=None, commitment_uid=None, last_error=redact(why)[:2000],
         )
     return dict(
         state=DeliveryState.DEAD.value, commitment_uid=None,
-        last_error=f"gave up after {attempts} attempts: {why}"[:2000],
+        last_error=redact(f"gave up after {attempts} attempts: {why}")[:2000],
     )

@@ -35,6 +35,7 @@ from ortho_node.dimse.commitment import CommitmentReport, CommitmentRefused, Obj
 from ortho_node.dimse.scu import DestinationUnavailable, SendOutcome, request_commitment, send_files
 from ortho_node.pipeline import commitment
 from ortho_node.pipeline.attempts import after_failed_attempt
+from ortho_node.privacy import redact
 from ortho_node.pipeline.stow import store_files
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def _record(db: Database, settings: Settings, item: ClaimedDelivery, outcome: Se
     else:
         values = (
             after_failed_attempt(settings, item.attempts, outcome.detail, now=now) if outcome.transient
-            else dict(state=DeliveryState.DEAD.value, last_error=outcome.detail[:2000])  # permanent: no retry
+            else dict(state=DeliveryState.DEAD.value, last_error=redact(outcome.detail)[:2000])  # permanent: no retry
         )
         verdict = "retry" if values["state"] == DeliveryState.PENDING.value else "dead"
         if verdict == "dead":

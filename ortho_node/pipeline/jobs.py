@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Instance, Job, JobEvent, JobState, Series, Study, utcnow
+from ortho_node.privacy import redact
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ class ClaimedJob:
 
 
 def _event(job_id: int, kind: str, detail: str | None = None, *, is_error: bool = False) -> JobEvent:
-    return JobEvent(job_id=job_id, kind=kind, detail=detail, is_error=is_error)
+    return JobEvent(job_id=job_id, kind=kind, detail=_shown(detail), is_error=is_error)
+
+
+def _shown(reason: str | None) -> str | None:
+    """A reason as ``jobs list``, ``status`` and the admin API show it: at most 2,000 characters,
+    UIDs by reference (an exception's text may hold a store path of UIDs)."""
+    return None if reason is None else redact(reason)[:2000]
 
 
 def claim(db: Database, job_id: int, *, worker: str | None = None) -> ClaimedJob | None:
@@ -166,7 +173,7 @@ def _finish(db: Database, job_id: int, state: JobState, *, reason: str | None, s
         done = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
-            .values(state=state.value, reason=reason, summary=summary, finished_at=utcnow())
+            .values(state=state.value, reason=_shown(reason), summary=summary, finished_at=utcnow())
         )
         if done.rowcount != 1:
             log.warning("job %d was no longer running when it finished as %s", job_id, state.value)
@@ -180,7 +187,7 @@ def complete(db: Database, job_id: int, summary: dict) -> bool:
 
 
 def fail(db: Database, job_id: int, reason: str, summary: dict | None = None) -> bool:
-    return _finish(db, job_id, JobState.FAILED, reason=reason[:2000], summary=summary, kind="failed")
+    return _finish(db, job_id, JobState.FAILED, reason=reason, summary=summary, kind="failed")
 
 
 def release_for_retry(db: Database, job_id: int, reason: str) -> bool:
@@ -192,7 +199,7 @@ def release_for_retry(db: Database, job_id: int, reason: str) -> bool:
             .values(state=JobState.QUEUED.value, published_at=utcnow())
         )
         if released.rowcount == 1:
-            session.add(_event(job_id, "retry", reason[:2000], is_error=True))
+            session.add(_event(job_id, "retry", reason, is_error=True))
         return released.rowcount == 1
 
 
