@@ -259,3 +259,11 @@ def test_capture_of_an_enhanced_image_uses_its_per_frame_rescale_and_window():
         grey = window_source(ct, frame_number=frame)
         assert grey.shape == (int(ct.Rows), int(ct.Columns))
         assert (grey == 255).mean() < 0.05 and (grey == 0).mean() > 0.3
+
+
+def test_burned_in_probabilities_never_read_as_certainty():
+    from ortho_node.results.sc import probability_text
+
+    assert [probability_text(p) for p in (0.83, 0.994, 0.9999, 1.0, 0.004, 0.0, 0.005)] == [
+        "p = 0.83", "p = 0.99", "p > 0.99", "p > 0.99", "p < 0.01", "p < 0.01", "p = 0.01",
+    ]

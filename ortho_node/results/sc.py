@@ -113,10 +113,21 @@ def sc_laterality(header: Dataset, shown: Sequence[Finding]) -> str | None:
     return None
 
 
+def probability_text(probability: float) -> str:
+    """``p = 0.83``; at the ends ``p > 0.99`` / ``p < 0.01``: a model's probability rounded to
+    1.00 or 0.00 would read as certainty on an image a radiologist reads."""
+    if probability >= 0.995:
+        return "p > 0.99"
+    if probability < 0.005:
+        return "p < 0.01"
+    return f"p = {probability:.2f}"
+
+
 def findings_lines(findings: StudyFindings, shown: Sequence[Finding]) -> list[TextLine]:
     """The burned-in text: one line per finding shown, the tasks not evaluated, model, warnings."""
     lines = [
-        TextLine(f"{finding_heading(f)}: {f.label} (p = {f.probability:.2f})", COLOURS[f.laterality]) for f in shown
+        TextLine(f"{finding_heading(f)}: {f.label} ({probability_text(f.probability)})", COLOURS[f.laterality])
+        for f in shown
     ]
     if not findings.in_scope:
         lines.append(TextLine(f"Study out of scope: {findings.out_of_scope_reason}", OUTCOME_COLOUR))
