@@ -299,6 +299,8 @@ def test_preference_for_a_heads_planes(mixed_study: dict[str, list[Dataset]]) ->
     assert [str(p) for p in coronal_first] == [
         "coronal PD-FS",
         "coronal T2-FS",
+        "coronal T2",
+        "coronal PD",
         "coronal any",
         "axial PD-FS",
         "axial T2-FS",

@@ -9,6 +9,7 @@ import torch
 from pydicom.dataset import Dataset
 from tests.test_preprocess_support import (
     AXIAL,
+    CORONAL,
     SAGITTAL,
     mr_series,
     set_pixels,
@@ -142,6 +143,14 @@ def test_axial_preference_ranks_weightings_before_any_axial() -> None:
     pd = mr_series(22, orientation=AXIAL, description="AX PD TSE", series_number=7)
     assert select_series(survey_series(t2_fs + t1 + pd), preference=axial).series_number == 5
     assert select_series(survey_series(t1 + pd), preference=axial).series_number == 7
+
+
+def test_coronal_preference_ranks_weightings_before_any_coronal() -> None:
+    coronal = preference_for_planes({"CORONAL"})
+    assert [str(p) for p in coronal][2:5] == ["coronal T2", "coronal PD", "coronal any"]
+    t1 = mr_series(30, orientation=CORONAL, description="COR T1 TSE", series_number=4)
+    pd = mr_series(22, orientation=CORONAL, description="COR PD TSE", series_number=8)
+    assert select_series(survey_series(t1 + pd), preference=coronal).series_number == 8
 
 
 # --- mirror-symmetric slice sampling --------------------------------------------------------

@@ -39,8 +39,8 @@ Fat suppression not stated by any source is taken as absent.
 
 **Selection** (:func:`select_series`): the first entry of the task's preference list (e.g.
 :data:`KNEE_MR_PREFERENCE`: sagittal PD-FS > sagittal T2-FS > sagittal T2 > sagittal PD > any
-sagittal > coronal PD-FS > coronal T2-FS > any coronal > axial PD-FS > axial T2-FS > axial T2 >
-axial PD > any axial) that a usable series matches wins; among several matches an original
+sagittal > coronal PD-FS > coronal T2-FS > coronal T2 > coronal PD > any coronal > axial PD-FS >
+axial T2-FS > axial T2 > axial PD > any axial) that a usable series matches wins; among several matches an original
 acquisition (Image Type value 1 ORIGINAL, or none) before a derived one (DERIVED or MIXED),
 then the one with the most slices, then the lowest Series Number, then the smallest UID.
 
@@ -200,6 +200,8 @@ KNEE_MR_PREFERENCE: tuple[SeriesPreference, ...] = (
     SeriesPreference(Plane.SAGITTAL),
     SeriesPreference(Plane.CORONAL, Weighting.PD, True),
     SeriesPreference(Plane.CORONAL, Weighting.T2, True),
+    SeriesPreference(Plane.CORONAL, Weighting.T2),
+    SeriesPreference(Plane.CORONAL, Weighting.PD),
     SeriesPreference(Plane.CORONAL),
     SeriesPreference(Plane.AXIAL, Weighting.PD, True),
     SeriesPreference(Plane.AXIAL, Weighting.T2, True),
