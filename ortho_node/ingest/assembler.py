@@ -148,9 +148,16 @@ class Assembler:
         session.add(JobEvent(job_id=job.id, kind="created", detail=decision.reason))
         if previous is not None:
             session.add(JobEvent(job_id=job.id, kind="supersedes", detail=f"job {previous.id}"))
-            if previous.state == JobState.QUEUED.value:
-                # Not started yet: the new job covers everything the old one would have seen.
-                previous.state = JobState.SUPERSEDED.value
-                previous.finished_at = utcnow()
+            # Not started yet: the new job covers everything the old one would have seen. Only
+            # while still queued: a worker may claim it meanwhile (PostgreSQL does not serialise
+            # this transaction with the claim); a running one ends superseded when it would
+            # record its results (jobs.newer_job).
+            superseded = session.execute(
+                update(Job)
+                .where(Job.id == previous.id, Job.state == JobState.QUEUED.value)
+                .values(state=JobState.SUPERSEDED.value, finished_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if superseded.rowcount == 1:
                 session.add(JobEvent(job_id=previous.id, kind="superseded", detail=f"by job {job.id}"))
         return job

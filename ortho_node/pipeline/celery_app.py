@@ -18,10 +18,11 @@ from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
 from ortho_node.config import Settings
 from ortho_node.db.engine import Database
+from ortho_node.db.models import JobState
 from ortho_node.pipeline import embedded_broker  # noqa: F401 - registers the 'orthosqla' kombu transport
 from ortho_node.pipeline import jobs
 from ortho_node.pipeline.context import JobStep, WorkerContext
-from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
+from ortho_node.pipeline.errors import PermanentJobError, SupersededJobError, TransientJobError
 from ortho_node.pipeline.delivery import DELIVER_TASK, pending_for_job, run_deliveries
 from ortho_node.pipeline.outbox import PROCESS_STUDY_TASK
 from ortho_node.store import InstanceStore
@@ -202,6 +203,9 @@ def register_tasks(app: NodeCelery) -> None:
                 return "failed"
             jobs.release_for_retry(context.db, job_id, str(exc))
             raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries))
+        except SupersededJobError as exc:
+            jobs.supersede(context.db, job_id, by=exc.newer_job_id, states=(JobState.RUNNING,))
+            return "superseded"
         except PermanentJobError as exc:
             jobs.fail(context.db, job_id, str(exc))
             return "failed"

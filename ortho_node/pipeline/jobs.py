@@ -12,10 +12,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from ortho_node.db.engine import Database
 from ortho_node.db.models import Instance, Job, JobEvent, JobState, Series, Study, utcnow
@@ -67,10 +67,43 @@ def _shown(reason: str | None) -> str | None:
     return None if reason is None else redact(reason)[:2000]
 
 
+# A newer job of a study makes an older one out of date, unless it was ignored or cancelled.
+_SUPERSEDING_STATES = tuple(
+    state.value for state in (JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.SUPERSEDED)
+)
+
+
+def newer_job(db: Database, job_id: int) -> int | None:
+    """The newest job of the same study created after ``job_id`` that makes it out of date."""
+    with db.session() as session:
+        study_id = select(Job.study_id).where(Job.id == job_id).scalar_subquery()
+        return session.scalar(
+            select(func.max(Job.id)).where(Job.study_id == study_id, Job.id > job_id, Job.state.in_(_SUPERSEDING_STATES))
+        )
+
+
+def supersede(db: Database, job_id: int, *, by: int, states: Sequence[JobState] = (JobState.QUEUED, JobState.RUNNING)) -> bool:
+    """End ``job_id`` as superseded by job ``by``, if it is still in one of ``states``."""
+    with db.session() as session:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_([state.value for state in states]))
+            .values(state=JobState.SUPERSEDED.value, finished_at=utcnow())
+        )
+        if done.rowcount == 1:
+            session.add(_event(job_id, "superseded", f"by job {by}"))
+            log.info("job %d superseded by job %d", job_id, by)
+    return done.rowcount == 1
+
+
 def claim(db: Database, job_id: int, *, worker: str | None = None) -> ClaimedJob | None:
     """Move a queued job to running and return its inputs; None when it is not claimable."""
     worker = worker or worker_name()
     now = utcnow()
+    newer = newer_job(db, job_id)
+    if newer is not None:  # requeued after a crash, or retried by an admin, behind a newer job
+        supersede(db, job_id, by=newer, states=(JobState.QUEUED,))
+        return None
     with db.session() as session:
         claimed = session.execute(
             update(Job)
@@ -217,7 +250,7 @@ def requeue_stale(
         stale = session.execute(
             select(Job.id, Job.attempts).where(Job.state == JobState.RUNNING.value, Job.heartbeat_at < now - lease)
         ).all()
-        requeued = []
+        requeued, failed = [], []
         for job_id, attempts in stale:
             silent = f"worker silent for more than {lease.total_seconds():.0f} s"
             if attempts >= max_attempts:
@@ -226,9 +259,21 @@ def requeue_stale(
             else:
                 values = dict(state=JobState.QUEUED.value, published_at=None)
                 event = _event(job_id, "requeued", silent, is_error=True)
-                requeued.append(job_id)
-            session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value).values(**values))
-            session.add(event)
-    if stale:
-        log.warning("%d job(s) with a silent worker: %d requeued, %d failed", len(stale), len(requeued), len(stale) - len(requeued))
+            # the same run, still silent: since the select its worker may have renewed the lease,
+            # or another sweep requeued it and a worker claimed it again (one attempt more)
+            updated = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.state == JobState.RUNNING.value,
+                    Job.attempts == attempts,
+                    Job.heartbeat_at < now - lease,
+                )
+                .values(**values)
+            )
+            if updated.rowcount == 1:
+                session.add(event)
+                (requeued if values["state"] == JobState.QUEUED.value else failed).append(job_id)
+    if requeued or failed:
+        log.warning("%d job(s) with a silent worker: %d requeued, %d failed", len(requeued) + len(failed), len(requeued), len(failed))
     return requeued

@@ -21,8 +21,8 @@ from ortho_node.config import Settings
 from ortho_node.db.engine import Database
 from ortho_node.model.engine import EngineClosedError
 from ortho_node.model.findings import StudyFindings
-from ortho_node.pipeline.errors import PermanentJobError, TransientJobError
-from ortho_node.pipeline.jobs import ClaimedJob, JobInstance, LeaseKeeper
+from ortho_node.pipeline.errors import PermanentJobError, SupersededJobError, TransientJobError
+from ortho_node.pipeline.jobs import ClaimedJob, JobInstance, LeaseKeeper, newer_job
 from ortho_node.pipeline.results_record import previous_report, record_results
 from ortho_node.privacy import uid_ref
 from ortho_node.results import ResultBuilder, ResultObject
@@ -137,6 +137,11 @@ class AnalyseStudyStep:
         )
         report = builder.report()
         clock.lap("build_report")
+        # Only the newest job of a study records results: a job that ran while a late series
+        # made a newer one would take its revision, or overtake it as the newest result.
+        newer = newer_job(self._db, job.job_id)
+        if newer is not None:
+            raise SupersededJobError(newer)
         self._record(job, revision, [report])
         clock.lap("record_report")
         if self._deliver_now is not None:
