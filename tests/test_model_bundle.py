@@ -146,8 +146,10 @@ def test_verify_passes_and_warns_about_untrained_heads(saved: tuple) -> None:
     assert statuses == {
         "manifest": "pass", "weights file": "pass", "checksum": "pass",
         "keys and shapes": "pass", "forward pass": "pass", "heads trained": "warn",
+        "study analysis": "warn",  # this bundle's input is 64 x 96: the encoder runs it, preparation needs a square
     }
     assert "oa_present, meniscus" in report.describe()
+    assert "must be square" in report.describe() and "no study can be analysed" in report.describe()
 
 
 def _rewrite_manifest(path: Path, change) -> None:
@@ -184,6 +186,25 @@ def test_verify_fails_on_a_bad_manifest(saved: tuple, change, message: str) -> N
     assert report.checks[0].name == "manifest" and report.checks[0].status == "fail"
     assert re.search(message, report.checks[0].detail), report.checks[0].detail
     assert all(check.status == "skip" for check in report.checks[1:])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["input"].update(interpolation="nearest"), "is not one of"),
+        (lambda d: d["input"].update(size=[16, 16]), "less than the minimum of 32"),
+        (lambda d: d["encoder"].update(embed_dim=float(d["encoder"]["embed_dim"])), "embed_dim must be an int"),
+    ],
+)
+def test_a_manifest_the_analyser_could_not_use_is_refused_by_verify_and_load(saved: tuple, change, message: str) -> None:
+    """The schema let these through: verify said OK (or raised, for 96.0) and every analyser
+    then failed at start-up. Now the manifest check fails and the bundle does not load."""
+    _rewrite_manifest(saved[0], change)
+    report = verify_bundle(saved[0])
+    assert not report.ok and report.checks[0].status == "fail"
+    assert re.search(message, report.checks[0].detail), report.checks[0].detail
+    with pytest.raises(BundleError, match=message):
+        load_bundle(saved[0])
 
 
 def test_missing_pieces_are_reported(tmp_path: Path, saved: tuple) -> None:

@@ -41,6 +41,7 @@ from ortho_node.model.encoder import OrthoEncoder, arch_info, build_encoder, enc
 from ortho_node.model.findings import ModelIdentity
 from ortho_node.model.head_module import TaskHead, image_features
 from ortho_node.model.heads import head_spec, list_heads
+from ortho_node.model.preprocess import PreprocessConfig
 from ortho_node.model.manifest import (
     DEFAULT_DISCLAIMER,
     DEFAULT_INTENDED_USE,
@@ -429,6 +430,16 @@ def _parse_device(device: str | torch.device) -> torch.device:
         ) from exc
 
 
+def _preprocessing_problem(manifest: BundleManifest) -> str | None:
+    """Why the node could not prepare images as the manifest asks (the analyser builds its
+    preprocessing from it), or None."""
+    try:
+        PreprocessConfig.from_manifest(manifest)
+    except ValueError as exc:
+        return f"the manifest's input cannot be prepared: {exc}"
+    return None
+
+
 def _expected_bundle_shapes(manifest: BundleManifest) -> dict[str, tuple[int, ...]]:
     shapes = {_ENCODER_PREFIX + k: v for k, v in encoder_state_shapes(manifest.arch).items()}
     for entry in manifest.heads:
@@ -562,6 +573,7 @@ _VERIFY_STEPS = (
     "keys and shapes",
     "forward pass",
     "heads trained",
+    "study analysis",
 )
 
 
@@ -661,4 +673,9 @@ def verify_bundle(bundle_dir: str | Path) -> VerifyReport:
     else:
         detail = f"all {len(manifest.heads)} heads trained"
         checks.append(VerifyCheck("heads trained", "pass", detail))
+    # the encoder runs any input size; the node's image preparation needs a square one
+    if problem := _preprocessing_problem(manifest):
+        checks.append(VerifyCheck("study analysis", "warn", f"{problem}: the encoder loads, no study can be analysed"))
+    else:
+        checks.append(VerifyCheck("study analysis", "pass", f"images prepared at {manifest.input_size[0]} px"))
     return VerifyReport(path, tuple(checks))

@@ -239,6 +239,12 @@ class BundleManifest:
 
     def __post_init__(self) -> None:
         validate_name_and_version(self.name, self.version)
+        # JSON's 96.0 passes the schema's "integer"; the encoder and heads need real ints
+        for field, least in (("patch_size", 1), ("embed_dim", 1), ("depth", 1), ("num_heads", 1),
+                             ("num_register_tokens", 0), ("num_params", 1)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{field} must be an int >= {least}, got {value!r}")
         size = tuple(self.input_size)
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
             raise ValueError(
