@@ -385,7 +385,7 @@ def jobs_list(
     for column in ("job", "study", "state", "revision", "attempts", "created", "reason"):
         table.add_column(column)
     for line in lines:
-        table.add_row(str(line.job_id), line.study, line.state, str(line.revision), str(line.attempts), line.created_at, line.reason or "")
+        table.add_row(str(line.job_id), line.study, line.state, "-" if line.revision is None else str(line.revision), str(line.attempts), line.created_at, line.reason or "")
     console.print(table)
 
 

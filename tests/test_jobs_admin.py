@@ -25,7 +25,9 @@ def index(tmp_path):
         session.add(study)
         session.flush()
         for state in (JobState.QUEUED, JobState.FAILED, JobState.DONE):
-            session.add(Job(study_id=study.id, state=state.value, reason="boom" if state is JobState.FAILED else None))
+            done = state is JobState.DONE
+            session.add(Job(study_id=study.id, state=state.value, reason="boom" if state is JobState.FAILED else None,
+                            revision=3, summary={"revision": 1} if done else None))
         session.flush()
         session.add(JobEvent(job_id=2, kind="failed", detail="boom", is_error=True))
     yield tmp_path / "var", db
@@ -47,6 +49,8 @@ def test_list_cancel_retry_and_events(index):
     var_dir, db = index
     listed = json.loads(cli(var_dir, "jobs", "list", "--json").stdout)
     assert [j["state"] for j in listed] == ["done", "failed", "queued"]
+    # the revision of the results a job recorded (its SR's), not its count of earlier jobs
+    assert [j["revision"] for j in listed] == [1, None, None]
     assert all(j["study"].startswith("u:") for j in listed), "no UIDs in the listing"
     assert "1.2.826.0.1.3680043.8.498.77" not in cli(var_dir, "jobs", "list").stdout
 

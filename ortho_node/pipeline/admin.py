@@ -24,7 +24,7 @@ class JobLine:
     job_id: int
     study: str  # uid_ref
     state: str
-    revision: int
+    revision: int | None  # of the results the job recorded (its SR), None until it has some
     attempts: int
     created_at: str
     reason: str | None
@@ -83,7 +83,10 @@ def list_jobs(db: Database, *, state: str | None = None, limit: int = 50) -> lis
             query = query.where(Job.state == JobState(state).value)
         rows = session.execute(query.order_by(Job.id.desc()).limit(limit)).all()
         return [
-            JobLine(job.id, uid_ref(uid), job.state, job.revision, job.attempts, job.created_at.isoformat(timespec="seconds"), job.reason)
+            JobLine(
+                job.id, uid_ref(uid), job.state, (job.summary or {}).get("revision"), job.attempts,
+                job.created_at.isoformat(timespec="seconds"), job.reason,
+            )
             for job, uid in rows
         ]
 
