@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ortho_node.config import CONFIG_ENV_VAR, Settings, describe_validation_error, effective_config, load_settings
+from ortho_node.db.models import JobState
 from ortho_node.privacy import redact_logs
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI node for musculoskeletal imaging (PACS in, DICOM SR/SC out).")
@@ -114,6 +116,7 @@ def serve(
     var_dir: Optional[Path] = typer.Option(None, help="Where the store and embedded databases live."),
     port: Optional[int] = typer.Option(None, help="DIMSE port."),
     ae_title: Optional[str] = typer.Option(None, help="The node's AE title."),
+    http_port: Optional[int] = typer.Option(None, help="HTTP port (health, metrics, admin API, STOW-RS)."),
     database_url: Optional[str] = typer.Option(None, "--database", help="Index database URL (default SQLite)."),
     broker_url: Optional[str] = typer.Option(None, "--broker", help="Celery broker URL (default embedded)."),
     worker: Optional[bool] = typer.Option(None, "--worker/--no-worker", help="Start an embedded worker process."),
@@ -121,7 +124,9 @@ def serve(
     """Run the node: DIMSE SCP, study assembly, outbox and (by default) a worker process."""
     from ortho_node.node import Node
 
-    overrides = _cli_overrides(var_dir=var_dir, port=port, ae_title=ae_title, database_url=database_url, broker_url=broker_url)
+    overrides = _cli_overrides(
+        var_dir=var_dir, port=port, ae_title=ae_title, http_port=http_port, database_url=database_url, broker_url=broker_url
+    )
     settings = _settings(**overrides)
     configure_logging(settings.log_level)
     node = Node(settings, start_worker=worker, worker_env={**os.environ, **overrides_to_env(overrides)})
@@ -364,9 +369,13 @@ def _index(var_dir: Optional[Path], database_url: Optional[str]):
     return Database(settings.effective_database_url)
 
 
+# typer shows the choices and refuses others (exit 2), instead of a traceback from JobState()
+JobStateChoice = enum.Enum("JobStateChoice", {state.name: state.value for state in JobState}, type=str)
+
+
 @jobs_app.command("list")
 def jobs_list(
-    state: Optional[str] = typer.Option(None, help="Only jobs in this state (queued, running, done, failed, ...)."),
+    state: Optional[JobStateChoice] = typer.Option(None, help="Only jobs in this state."),
     limit: int = typer.Option(50, help="Newest first, at most this many."),
     as_json: bool = typer.Option(False, "--json"),
     var_dir: Optional[Path] = typer.Option(None),
@@ -377,7 +386,7 @@ def jobs_list(
 
     from ortho_node.pipeline.admin import list_jobs
 
-    lines = list_jobs(_index(var_dir, database_url), state=state, limit=limit)
+    lines = list_jobs(_index(var_dir, database_url), state=None if state is None else state.value, limit=limit)
     if as_json:
         typer.echo(json.dumps([asdict(line) for line in lines], indent=2))
         return

@@ -17,7 +17,9 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -212,6 +214,14 @@ class RoutingSettings(_Section):
     rules_file: Path | None = None
     default_action: Literal["process", "ignore"] = "process"
 
+    @field_validator("rules_file")
+    @classmethod
+    def _rules_file_exists(cls, v: Path | None) -> Path | None:
+        # checked here, so `config show` finds it, not only `serve` at start-up
+        if v is not None and not v.is_file():
+            raise ValueError(f"no such rules file: {v}")
+        return v
+
 
 class DimseDestination(_Section):
     """A C-STORE SCU destination for results."""
@@ -236,6 +246,18 @@ class DimseDestination(_Section):
     def _ae(cls, v: str) -> str:
         return _check_ae_title(v, "ae_title")
 
+    @field_validator("calling_ae_title")
+    @classmethod
+    def _calling_ae(cls, v: str | None) -> str | None:
+        return None if v is None else _check_ae_title(v, "calling_ae_title")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("host must name the PACS (a host name or address)")
+        return v
+
 
 class StowDestination(_Section):
     """A STOW-RS destination for results (basic or bearer auth)."""
@@ -253,6 +275,14 @@ class StowDestination(_Section):
         "delivered only the instances the server lists (some servers answer 'stored' for instances their "
         "own rules discard); the others are sent again",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parsed = urlsplit(v)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"url must be an http:// or https:// URL of the DICOMweb service, got {mask_url(v)!r}")
+        return v
 
 
 class DeliverySettings(_Section):
@@ -360,13 +390,28 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        _refuse_unknown_env(settings_cls)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get(CONFIG_ENV_VAR)
         if config_file:
             if not Path(config_file).is_file():
                 raise FileNotFoundError(f"{CONFIG_ENV_VAR}={config_file}: no such config file")
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            sources.append(_MappingYamlSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            _check_sqlalchemy_url(v.get_secret_value(), "database_url")
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not urlsplit(v.get_secret_value()).scheme:
+            raise ValueError("broker_url must be a URL such as redis://host:6379/0")
+        return v
 
     @field_validator("destinations")
     @classmethod
@@ -408,6 +453,45 @@ class Settings(BaseSettings):
         return "+sqlite:" in self.effective_broker_url
 
 
+class _MappingYamlSource(YamlConfigSettingsSource):
+    """The YAML file, refused with a one-line reason when it does not parse or is not a mapping."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ValueError(f"{file_path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{file_path}: the top level must be a mapping of settings, got {type(data).__name__}")
+        return data
+
+
+def _refuse_unknown_env(settings_cls: type[BaseSettings]) -> None:
+    """An ``ORTHO_*`` variable that names no setting is a typo (``ORTHO_DATABASE`` for
+    ``ORTHO_DATABASE_URL``, ``ORTHO_HTTP_ADMIN_TOKEN`` for ``ORTHO_HTTP__ADMIN_TOKEN``): pydantic
+    ignores it, and the node would quietly run on a default instead."""
+    fields = {name.upper() for name in settings_cls.model_fields}
+    unknown = sorted(
+        name for name in os.environ
+        if name.upper().startswith("ORTHO_") and name.upper() != CONFIG_ENV_VAR.upper()
+        and name.upper()[len("ORTHO_"):].split("__")[0] not in fields
+    )
+    if unknown:
+        raise ValueError(f"environment variable(s) naming no setting: {', '.join(unknown)} (nested settings use '__')")
+
+
+def _check_sqlalchemy_url(url: str, field: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect().import_dbapi()  # the driver too: a mysql:// URL without one
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ValueError(f"{field} is not a database URL this node can use ({type(exc).__name__}: {mask_url(str(exc))})") from None
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build Settings from a YAML file (optional), the environment and explicit overrides.
 
@@ -434,11 +518,15 @@ def describe_validation_error(exc: Exception) -> str:
 
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<user>[^:/@]*):(?P<pw>[^@]*)@", re.IGNORECASE)
+# query parameters drivers and services read secrets from (psycopg, redis-py: ?password=)
+_URL_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|access_token|token|api_key|apikey)=)[^&#]*", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """Hide a password embedded in a URL: ``redis://:s3cret@h/0`` → ``redis://:***@h/0``."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    """Hide a password embedded in a URL: ``redis://:s3cret@h/0`` → ``redis://:***@h/0``, and
+    secrets in its query: ``postgresql://u@db/x?password=s3cret`` → ``…?password=***``."""
+    url = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    return _URL_QUERY_SECRET.sub(lambda m: f"{m['key']}***", url)
 
 
 def effective_config(settings: Settings) -> dict[str, Any]:

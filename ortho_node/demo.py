@@ -108,7 +108,8 @@ def _finished(node: Node, study_uids: set[str]) -> tuple[bool, str]:
 
 
 def run_demo(var_dir: Path, *, seed: int | None = None, timeout_s: float = 900, console: Console | None = None) -> int:
-    """Run the demo; returns the number of result objects delivered to the stand-in PACS."""
+    """Run the demo; returns the number of result objects delivered to the stand-in PACS, 0
+    when the node did not finish every study within ``timeout_s``."""
     console = console or Console()
     seed = random.randrange(1, 10**6) if seed is None else seed
     demo_dir = var_dir / "demo" / f"run-{seed}"
@@ -143,6 +144,8 @@ def run_demo(var_dir: Path, *, seed: int | None = None, timeout_s: float = 900, 
                 time.sleep(0.5)
             else:
                 console.print("[red]timed out waiting for the node[/red]; see `ortho-node status`")
+                _print_report(node, studies, pacs, console)
+                return 0  # not done: what arrived so far is shown, but the demo did not finish
         _print_report(node, studies, pacs, console)
         return len(pacs.received)
     finally:

@@ -45,6 +45,16 @@ def test_yaml_file_then_environment_then_overrides(tmp_path, monkeypatch):
         ({"routing": {"rules": [{"name": "r", "action": "process", "match": {"series_description_pattern": "("}}]}},
          "series_description_pattern", "invalid regular expression"),
         ({"unknown_option": 1}, "unknown_option", "Extra inputs are not permitted"),
+        # found by `config show`, not by the first delivery or by `serve` alone
+        ({"database_url": "not a url"}, "database_url", "not a database URL"),
+        ({"database_url": "mysql://u@db/x"}, "database_url", "not a database URL"),
+        ({"broker_url": "localhost"}, "broker_url", "must be a URL"),
+        ({"destinations": [{"kind": "dimse", "name": "p", "ae_title": "PACS", "host": "h", "port": 104,
+                            "calling_ae_title": "THIS_IS_WAY_TOO_LONG"}]}, "calling_ae_title", "1-16 printable"),
+        ({"destinations": [{"kind": "dimse", "name": "p", "ae_title": "PACS", "host": " ", "port": 104}]},
+         "host", "must name the PACS"),
+        ({"destinations": [{"kind": "stow", "name": "s", "url": "vna/dicomweb"}]}, "url", "http:// or https://"),
+        ({"routing": {"rules_file": "/nowhere/routing.yaml"}}, "routing.rules_file", "no such rules file"),
     ],
 )
 def test_invalid_values_name_the_field(values, field, message):
@@ -59,6 +69,29 @@ def test_invalid_config_stops_start_up_with_the_field_named(tmp_path):
     assert done.returncode == 2
     assert "dimse.port" in done.stderr and "65535" in done.stderr
     assert not (tmp_path / "index.sqlite").exists(), "nothing starts with an invalid config"
+
+
+@pytest.mark.parametrize(
+    ("env", "content", "message"),
+    [
+        # a typo of a top-level variable used to be ignored: the node ran on SQLite / no token
+        ({"ORTHO_DATABASE": "postgresql+psycopg://o@db/x"}, None, "ORTHO_DATABASE"),
+        ({"ORTHO_HTTP_ADMIN_TOKEN": "abc"}, None, "ORTHO_HTTP_ADMIN_TOKEN"),
+        ({}, "dimse: [\n", "not valid YAML (line 2)"),  # was a traceback
+        ({}, "- a\n- b\n", "the top level must be a mapping"),
+    ],
+)
+def test_bad_environment_or_file_is_an_invalid_configuration(tmp_path, env, content, message):
+    args = ["config", "show"]
+    if content is not None:
+        config = tmp_path / "ortho.yaml"
+        config.write_text(content)
+        args = ["--config", str(config), *args]
+    done = run_cli(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    text = " ".join(done.stderr.split())  # rich wraps long lines
+    assert "invalid configuration" in text and message in text, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_config_show_masks_every_secret(tmp_path):
@@ -87,6 +120,15 @@ def test_config_show_masks_every_secret(tmp_path):
 def test_mask_url_leaves_urls_without_password_alone():
     assert mask_url("sqlite:////var/x.sqlite") == "sqlite:////var/x.sqlite"
     assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_mask_url_hides_secrets_in_the_query():
+    """psycopg and redis-py take ``?password=``; a DICOMweb URL may carry a token."""
+    assert mask_url("postgresql+psycopg://ortho@db/ortho?password=Sup3r&sslmode=require") == (
+        "postgresql+psycopg://ortho@db/ortho?password=***&sslmode=require"
+    )
+    assert mask_url("redis://redis:6379/0?password=R3dis") == "redis://redis:6379/0?password=***"
+    assert mask_url("https://vna/dicomweb?access_token=T0K") == "https://vna/dicomweb?access_token=***"
 
 
 def test_routing_rules_file_is_loaded_after_inline_rules_and_errors_are_precise(tmp_path):

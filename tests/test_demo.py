@@ -42,3 +42,15 @@ def test_demo_processes_generated_studies_and_delivers_sr_and_sc(tmp_path):
     finally:
         db.dispose()
     assert len(rows) == len(pacs) and all(state == "sent" and at is not None for state, at in rows), rows
+
+
+def test_demo_that_does_not_finish_in_time_exits_non_zero(tmp_path):
+    """A timed-out demo printed 'timed out' and exited 0 when anything had been delivered."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_")}
+    env["ORTHO_WORKER__BUNDLE"] = str(fixture_bundle_dir())
+    done = subprocess.run(
+        [sys.executable, "-m", "ortho_node.cli", "demo", "--var-dir", str(tmp_path / "var"), "--seed", "12", "--timeout", "1"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "timed out waiting for the node" in done.stdout

@@ -66,3 +66,6 @@ def test_list_cancel_retry_and_events(index):
     events = cli(var_dir, "jobs", "events", "2").stdout
     assert "failed" in events and "retried" in events
     assert cli(var_dir, "jobs", "retry", "99").returncode == 1
+    bogus = cli(var_dir, "jobs", "list", "--state", "bogus")  # was a traceback
+    assert bogus.returncode == 2 and "'bogus' is not one of" in bogus.stderr and "Traceback" not in bogus.stderr
+    assert [j["state"] for j in json.loads(cli(var_dir, "jobs", "list", "--state", "queued", "--json").stdout)] == ["queued"]

@@ -278,7 +278,8 @@ class RedisServer:
             self.process.wait(timeout=20)
 
 
-POSTGRES_ADMIN_URL = os.environ.get("ORTHO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+# not ORTHO_*: the node refuses ORTHO_ variables that name no setting, and its processes inherit this
+POSTGRES_ADMIN_URL = os.environ.get("ORTHONODE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @contextlib.contextmanager
