@@ -43,3 +43,20 @@ def test_admin_api_on_a_public_address_needs_a_token(node_factory):
     with pytest.raises(RuntimeError):
         node.start()
     assert "http.admin_token" in node.log()
+
+
+def test_metrics_scrape_survives_an_index_that_cannot_be_read(tmp_path):
+    """The index down must not make /metrics fail (500) and hide the SCP's own counters."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ortho_node.db.engine import Database
+    from ortho_node.web.metrics import IndexCollector, IngestMetrics
+
+    registry = CollectorRegistry()
+    IngestMetrics(registry).observe(0x0000, 100, 0.01)
+    missing = Database(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'index.sqlite'}")
+    registry.register(IndexCollector(missing, tmp_path / "quarantine"))
+    text = generate_latest(registry).decode()
+    assert "ortho_index_up 0.0" in text
+    assert 'ortho_cstore_responses_total{status="0x0000"} 1.0' in text
+    missing.dispose()

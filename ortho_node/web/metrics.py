@@ -5,15 +5,19 @@ No PHI: labels are statuses, states and destination names only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 
 from ortho_node.db.engine import Database
 from ortho_node.status import collect_status
+
+log = logging.getLogger(__name__)
 
 
 class IngestMetrics:
@@ -61,7 +65,15 @@ class IndexCollector(Collector):
         self._quarantine_dir = quarantine_dir
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        snapshot = collect_status(self._db, quarantine_dir=self._quarantine_dir, failures=0)
+        try:
+            snapshot = collect_status(self._db, quarantine_dir=self._quarantine_dir, failures=0)
+        except (SQLAlchemyError, OSError) as exc:
+            # the index down must not take the scrape with it: the SCP's counters still count,
+            # and the outage itself is what an alert wants to see
+            log.warning("metrics: the index cannot be read (%s)", type(exc).__name__)
+            yield GaugeMetricFamily("ortho_index_up", "1 when the index database answered this scrape", value=0)
+            return
+        yield GaugeMetricFamily("ortho_index_up", "1 when the index database answered this scrape", value=1)
         jobs = GaugeMetricFamily("ortho_jobs", "Jobs by state", labels=["state"])
         for state, count in snapshot.jobs_by_state.items():
             jobs.add_metric([state], count)
