@@ -89,6 +89,20 @@ def main_options(
         os.environ[CONFIG_ENV_VAR] = str(config.resolve())
 
 
+def _check_bundle(settings: Settings) -> None:
+    """A worker whose model bundle is missing or unreadable stops at once (exit 2), instead of
+    starting and failing every job it takes."""
+    from ortho_node.model.manifest import BundleError, read_manifest
+    from ortho_node.model.study import default_bundle_dir
+
+    bundle = settings.worker.bundle or default_bundle_dir()
+    try:
+        read_manifest(Path(bundle))
+    except (BundleError, OSError) as exc:
+        err_console.print(f"[red]worker.bundle[/red] {bundle}: {exc}")
+        raise typer.Exit(2) from exc
+
+
 def _cli_overrides(
     *,
     var_dir: Optional[Path] = None,
@@ -128,6 +142,8 @@ def serve(
         var_dir=var_dir, port=port, ae_title=ae_title, http_port=http_port, database_url=database_url, broker_url=broker_url
     )
     settings = _settings(**overrides)
+    if worker if worker is not None else settings.worker.embedded:
+        _check_bundle(settings)  # else the embedded worker would exit and be restarted for ever
     configure_logging(settings.log_level)
     node = Node(settings, start_worker=worker, worker_env={**os.environ, **overrides_to_env(overrides)})
     try:
@@ -169,6 +185,7 @@ def worker(
     if chosen:  # into the settings: the pool's children read them (their share of the cores)
         overrides["worker"] = chosen
     settings = _settings(**overrides)
+    _check_bundle(settings)
     configure_logging(settings.log_level)
     celery = NodeCelery(settings)
     quiet = ["--quiet"] if settings.log_level in ("WARNING", "ERROR") else []  # no banner when quiet

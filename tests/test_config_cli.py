@@ -162,3 +162,11 @@ def test_commands_say_in_one_line_when_the_var_dir_is_unusable(tmp_path, command
     assert broken.returncode == 1
     assert "Traceback" not in broken.stderr and len(broken.stderr.strip().splitlines()) <= 3, broken.stderr
     assert ("cannot open the index database" in broken.stderr) or ("not a folder" in broken.stderr), broken.stderr
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "11997", "--http-port", "18997"]])
+def test_a_missing_model_bundle_stops_the_worker_at_once(tmp_path, command):
+    """It used to start and fail every job (a serve restarted its embedded worker for ever)."""
+    done = run_cli(*command, "--var-dir", str(tmp_path / "var"), env={"ORTHO_WORKER__BUNDLE": str(tmp_path / "nope")})
+    assert done.returncode == 2, done.stdout[-1000:] + done.stderr[-1000:]
+    assert "worker.bundle" in done.stderr and "no manifest.json" in " ".join(done.stderr.split())
