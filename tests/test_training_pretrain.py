@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from typer.testing import CliRunner
 
@@ -24,7 +25,7 @@ from training.data.shards import write_shards
 from training.encoders import load_encoder
 from training.pretrain.config import PretrainConfig
 from training.pretrain.dino import DINOLoss
-from training.pretrain.multicrop import MultiCropAugment, MultiCropSteps
+from training.pretrain.multicrop import MultiCropAugment, MultiCropSteps, StreamingMultiCrop
 from training.pretrain.regularisers import gram_loss, koleo_loss
 from training.pretrain.schedules import cosine, schedule_at
 from training.pretrain.trainer import PretrainResult, run_pretraining
@@ -205,6 +206,37 @@ def test_streaming_from_shards_with_regularisers(corpus: TensorCorpus, tmp_path:
     assert torch.equal(
         encoder.state_dict()["vit.cls_token"], result.teacher.encoder.state_dict()["vit.cls_token"]
     )
+
+
+def _streamed_batches(root: Path, *, start: int, count: int, workers: int) -> list[torch.Tensor]:
+    # Batch j of a run comes from DataLoader worker j mod workers; a resumed run must still
+    # train on exactly the batches the uninterrupted run would have.
+    augment = MultiCropAugment(
+        global_size=32,
+        local_size=16,
+        n_global=2,
+        n_local=0,
+        global_scale=(0.4, 1.0),
+        local_scale=(0.05, 0.4),
+        patch_size=16,
+    )
+    stream = StreamingMultiCrop(root, augment, batch_size=2, seed=0, start_step=start)
+    loader = iter(DataLoader(stream, batch_size=None, num_workers=workers))
+    return [next(loader)[0] for _ in range(count)]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on 2 cores
+@pytest.mark.parametrize("workers", [2, 3])
+def test_resumed_stream_with_workers_yields_the_uninterrupted_batches(
+    corpus: TensorCorpus, tmp_path: Path, workers: int
+) -> None:
+    write_shards(corpus, tmp_path / "shards", samples_per_shard=4)
+    full = _streamed_batches(tmp_path / "shards", start=0, count=8, workers=workers)
+    for start in (1, 5):
+        resumed = _streamed_batches(
+            tmp_path / "shards", start=start, count=8 - start, workers=workers
+        )
+        assert all(torch.equal(a, b) for a, b in zip(resumed, full[start:], strict=True)), start
 
 
 def _torchrun_pretrain(args: list[str], *, nproc: int) -> subprocess.CompletedProcess[str]:

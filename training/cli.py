@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:  # torch loads only when a command runs
+    from training.heads.finetune import TrainedHeads
+    from training.heads.store import SavedHeads
 
 __all__ = ["app", "main"]
 
@@ -42,6 +46,32 @@ def _say(message: str) -> None:
 
 def _tasks(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+def _synthetic_encoder(source: Optional[str]) -> bool:
+    # A bundle records whether its weights came from phantoms; fine-tuning keeps that label.
+    if source is None or not (Path(source) / "manifest.json").is_file():
+        return False
+    from ortho_node.model.manifest import read_manifest
+
+    return read_manifest(source).provenance.synthetic
+
+
+def _report_heads(trained: TrainedHeads) -> None:
+    for name in trained.unlabelled():
+        _warn(
+            f"head {name!r} saw no training label: it keeps its initial weights, and export "
+            "marks it trained: false (the node never reports it)"
+        )
+    for name, count in trained.val_samples.items():
+        if trained.train_samples.get(name) and not count:
+            _warn(f"head {name!r} has no validation sample: its temperature is not calibrated")
+    if trained.synthetic:
+        _say("training data holds synthetic phantoms: export labels the bundle synthetic")
 
 
 @app.command("phantoms")
@@ -258,7 +288,7 @@ def finetune_command(
 ) -> None:
     """Train task heads (linear probe or full fine-tune), calibrated on validation patients."""
     from training.data.resolve import resolve_corpus
-    from training.data.splits import split_by_patient
+    from training.data.splits import check_disjoint_patients, split_by_patient
     from training.encoders import load_encoder
     from training.evaluate import evaluate_predictions, evaluation_markdown
     from training.heads.finetune import FinetuneConfig, heads_for, predict_heads, train_heads
@@ -273,6 +303,7 @@ def finetune_command(
         else:
             train_part = corpus
             val_part = resolve_corpus(val, image_size=image_size, workers=render_workers)
+            check_disjoint_patients(train_part, val_part, names=("--data", "--val"))
         model_encoder = load_encoder(encoder, arch=None if encoder else arch, img_size=image_size)
         config = FinetuneConfig(
             mode=mode,
@@ -295,6 +326,8 @@ def finetune_command(
             log=log,
             show_progress=progress,
         )
+        trained.synthetic = trained.synthetic or _synthetic_encoder(encoder)
+        _report_heads(trained)
         path = save_heads(out / "heads.pt", trained, image_size=image_size)
         if val_part is not None:
             evaluations = evaluate_predictions(
@@ -472,10 +505,11 @@ def export_command(
         "--training-data",
         help="What the model was trained on.",
     ),
-    synthetic: bool = typer.Option(
-        False,
+    synthetic: Optional[bool] = typer.Option(
+        None,
         "--synthetic/--no-synthetic",
-        help="Trained on synthetic data (labelled not for clinical use).",
+        help="Trained on synthetic data (labelled not for clinical use). Heads that finetune "
+        "recorded as phantom-trained are always synthetic; --no-synthetic is refused for them.",
     ),
     license_text: str = typer.Option("Apache-2.0", "--license"),
     include_untrained: bool = typer.Option(
@@ -487,21 +521,20 @@ def export_command(
 ) -> None:
     """Export trained heads + encoder as a model bundle the node loads."""
     from ortho_node.model.bundle import verify_bundle
-    from training.export import export_bundle
+    from training.export import export_saved_heads, resolve_synthetic
     from training.heads.store import load_heads
 
     try:
         saved = load_heads(heads)
-        path = export_bundle(
+        resolve_synthetic(saved.synthetic, synthetic)  # refuse before any warning
+        _warn_export(saved, synthetic)
+        path = export_saved_heads(
             out,
-            encoder=saved.encoder,
-            heads=saved.heads,
+            saved,
+            synthetic=synthetic,
             name=name,
             version=version,
-            input_size=saved.image_size,
             training_data=training_data,
-            synthetic=synthetic,
-            temperatures=saved.temperatures,
             include_untrained=include_untrained,
             license=license_text,
             overwrite=force,
@@ -512,6 +545,26 @@ def export_command(
     console.print(escape(report.describe()), highlight=False)
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _warn_export(saved: SavedHeads, synthetic: Optional[bool]) -> None:
+    # Version 1 heads files recorded neither sample counts nor data origin: say what is assumed.
+    from training.export import unlabelled_heads
+
+    if saved.train_samples is None:
+        _warn(
+            f"heads file version {saved.version} does not record which heads saw training "
+            "labels: every head is exported trained: true (re-run finetune to check)"
+        )
+    if saved.synthetic is None and synthetic is None:
+        _warn(
+            f"heads file version {saved.version} does not record whether its data was "
+            "synthetic: exported as not synthetic (pass --synthetic if it was trained on phantoms)"
+        )
+    elif saved.synthetic:
+        _say("heads trained on synthetic phantoms: the bundle is labelled synthetic")
+    for name in unlabelled_heads(saved.train_samples):
+        _warn(f"head {name!r} saw no training label: exported trained: false (never reported)")
 
 
 @app.command("demo-model")

@@ -217,6 +217,7 @@ def build_demo_model(
         training_data=training_data,
         synthetic=True,
         temperatures=trained.temperatures,
+        train_samples=trained.train_samples,
         description=(
             "Micro DINOv3 ViT (0.5M parameters) with knee X-ray KL grade / OA and knee MRI "
             "ACL / meniscus heads, trained on synthetic phantoms for demonstrations and tests."

@@ -4,7 +4,12 @@
 The heads are written with their calibrated specs (temperature from the validation split), so
 the manifest the node reads carries the calibration. Heads that were not trained are either
 left out (default) or written as initialised heads marked ``trained: false``, which the node
-never reports.
+never reports. A head that no training sample fed (``train_samples`` of 0: e.g. ``pcl`` asked of
+phantoms, which carry no PCL labels) is exported the same way, with a provenance note.
+
+Synthetic data: heads trained on phantoms are always exported synthetic (provenance
+``synthetic: true``, the synthetic intended use and disclaimer); :func:`resolve_synthetic`
+refuses a request to call them otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ortho_node.model.bundle import save_bundle
 from ortho_node.model.encoder import OrthoEncoder
@@ -19,12 +25,18 @@ from ortho_node.model.head_module import TaskHead
 from ortho_node.model.heads import HeadSpec, head_spec, list_heads
 from ortho_node.model.manifest import IMAGENET_MEAN, IMAGENET_STD, Provenance
 
+if TYPE_CHECKING:
+    from training.heads.store import SavedHeads
+
 __all__ = [
     "SYNTHETIC_DISCLAIMER",
     "SYNTHETIC_INTENDED_USE",
     "calibrated_head",
     "export_bundle",
     "export_encoder_bundle",
+    "export_saved_heads",
+    "resolve_synthetic",
+    "unlabelled_heads",
 ]
 
 SYNTHETIC_INTENDED_USE = (
@@ -55,6 +67,30 @@ def calibrated_head(head: TaskHead, spec: HeadSpec) -> TaskHead:
     return rebuilt
 
 
+def unlabelled_heads(train_samples: Mapping[str, int] | None) -> list[str]:
+    """Heads that no training sample fed (none when the counts are unknown)."""
+    return [name for name, count in (train_samples or {}).items() if count <= 0]
+
+
+def resolve_synthetic(recorded: bool | None, requested: bool | None) -> bool:
+    """Whether to export as synthetic: what the heads file recorded, else what was asked.
+
+    ``recorded`` is None for heads files that predate the record (then ``requested``, default
+    False, decides as it always did). A request may add the label, never remove it.
+
+    Raises
+    ------
+    ValueError
+        If the heads were trained on phantoms and ``requested`` is False.
+    """
+    if recorded and requested is False:
+        raise ValueError(
+            "these heads were trained on synthetic phantom data; a bundle of them is always "
+            "labelled synthetic (drop --no-synthetic)"
+        )
+    return bool(recorded) or bool(requested)
+
+
 def export_bundle(
     out_dir: str | Path,
     *,
@@ -68,6 +104,7 @@ def export_bundle(
     temperatures: Mapping[str, float] | None = None,
     include_untrained: Iterable[str] | bool = False,
     withheld: Iterable[str] = (),
+    train_samples: Mapping[str, int] | None = None,
     license: str = "Apache-2.0",
     intended_use: str | None = None,
     disclaimer: str | None = None,
@@ -103,6 +140,9 @@ def export_bundle(
     withheld : iterable of str, optional
         Heads of ``heads`` kept with their weights but marked ``trained: false``, so the node
         never reports them (a head that failed its release gate, e.g. no better than chance).
+    train_samples : Mapping[str, int], optional
+        Training samples that fed each head (as ``heads.pt`` records them); heads with 0 keep
+        their initial weights and are exported marked ``trained: false``, with a note.
     license, intended_use, disclaimer, notes, description, mean, std, overwrite :
         Manifest fields; ``notes`` go to ``provenance.import_notes``.
 
@@ -114,6 +154,13 @@ def export_bundle(
     withheld = set(withheld)
     if withheld - set(heads):
         raise ValueError(f"withheld names heads that are not exported: {sorted(withheld - set(heads))}")
+    unknown_counts = set(train_samples or {}) - set(heads)
+    if unknown_counts:
+        raise ValueError(f"train_samples names heads not exported: {sorted(unknown_counts)}")
+    # A head no sample fed holds its initial weights: ship it like a withheld one, and say why.
+    unlabelled = unlabelled_heads(train_samples)
+    withheld |= set(unlabelled)
+    notes = [*notes, *(f"{n}: no training labels; exported trained: false" for n in unlabelled)]
     if not set(heads) - withheld:
         raise ValueError("heads must hold at least one trained head that is not withheld")
     temperatures = dict(temperatures or {})
@@ -157,6 +204,27 @@ def export_bundle(
         std=std,
         description=description,
         overwrite=overwrite,
+    )
+
+
+def export_saved_heads(
+    out_dir: str | Path, saved: SavedHeads, *, synthetic: bool | None = None, **manifest: Any
+) -> Path:
+    """:func:`export_bundle` of a loaded ``heads.pt``, with everything it recorded.
+
+    Temperatures and input size come from the file; heads it counted no training sample for
+    are exported ``trained: false``; ``synthetic`` goes through :func:`resolve_synthetic`.
+    ``manifest``: the other keyword arguments of :func:`export_bundle` (``name``, ...).
+    """
+    return export_bundle(
+        out_dir,
+        encoder=saved.encoder,
+        heads=saved.heads,
+        input_size=saved.image_size,
+        temperatures=saved.temperatures,
+        train_samples=saved.train_samples,
+        synthetic=resolve_synthetic(saved.synthetic, synthetic),
+        **manifest,
     )
 
 

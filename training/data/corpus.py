@@ -5,10 +5,17 @@ Planes are stored as ``uint8`` ``[K, S, S]`` display values (the node pipeline's
 plane times 255): a quarter of the memory of float32, and the 1/255 step is below anything the
 model input resolves. :func:`to_model_input` turns planes into the encoder's normalised
 3-channel input, exactly as the node's preprocessing does (grey repeated, then mean/std).
+
+Synthetic data: a sample is a phantom when its patient ID has the form ``ortho_node.phantoms``
+gives every synthetic patient (``PHANTOM-`` and 8 digits). Every route a phantom takes into a
+corpus keeps that ID (``phantoms:N`` specs, the DICOM + labels CSV and the shards
+``ortho-train phantoms`` writes, DICOM folders), so :func:`has_phantoms` tells phantom-trained
+weights apart without any other record.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +23,9 @@ import torch
 
 from ortho_node.model.manifest import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["Sample", "TensorCorpus", "to_model_input"]
+__all__ = ["Sample", "TensorCorpus", "has_phantoms", "is_phantom_patient", "to_model_input"]
+
+_PHANTOM_PATIENT_ID = re.compile(r"PHANTOM-\d{8}")
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,16 @@ class TensorCorpus(Sequence[Sample]):
     def concat(corpora: Iterable["TensorCorpus"]) -> "TensorCorpus":
         """One corpus holding the samples of several."""
         return TensorCorpus(s for corpus in corpora for s in corpus)
+
+
+def is_phantom_patient(patient_id: str) -> bool:
+    """True for the patient IDs of ``ortho_node.phantoms`` (``PHANTOM-00000042``)."""
+    return _PHANTOM_PATIENT_ID.fullmatch(patient_id) is not None
+
+
+def has_phantoms(corpus: Iterable[Sample]) -> bool:
+    """True when any sample is a phantom: a model trained on it is synthetic (even if mixed)."""
+    return any(is_phantom_patient(sample.patient_id) for sample in corpus)
 
 
 def to_model_input(

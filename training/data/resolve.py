@@ -1,12 +1,19 @@
 """Turn a ``--data`` argument into a corpus: a shard folder, a labels CSV, a DICOM folder, or
 ``phantoms:N[:SEED]`` (N phantom patients rendered in memory: AP + lateral radiographs for all,
 a sagittal MR series for every second patient).
+
+Phantom patients of ``phantoms:N:SEED`` are numbered from ``SEED * 100 000`` (``PHANTOM-<number>``),
+so specs with different seeds never share a patient (a phantom's anatomy follows from its
+number, so a shared number would be the same knee in both sets). Specs with the same seed start
+from the same patients: ``phantoms:100`` and ``phantoms:50`` overlap, which ``finetune --val``
+refuses.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ortho_node.phantoms.identity import MAX_PATIENT_INDEX
 from training.data.corpus import TensorCorpus
 from training.data.loaders import PipelineOptions
 from training.data.shards import INDEX_FILE, ShardIndex, read_shards
@@ -20,6 +27,10 @@ from training.data.sources import (
 __all__ = ["is_shard_folder", "phantom_spec_cohorts", "resolve_corpus"]
 
 _PHANTOM_PREFIX = "phantoms:"
+
+PATIENTS_PER_SEED = 100_000
+"""Patient numbers each seed of a ``phantoms:`` spec owns, from ``seed * PATIENTS_PER_SEED``."""
+MAX_SPEC_SEED = (MAX_PATIENT_INDEX + 1) // PATIENTS_PER_SEED - 1
 
 
 def is_shard_folder(spec: str) -> bool:
@@ -38,10 +49,27 @@ def phantom_spec_cohorts(spec: str) -> list[PhantomCohort]:
     if count < 2 or len(parts) > 2:
         raise ValueError(f"expected phantoms:N[:SEED] with N >= 2, got {spec!r}")
     with_mr = count // 2
+    if not 0 <= seed <= MAX_SPEC_SEED:
+        raise ValueError(
+            f"phantoms:N:SEED takes a SEED in [0, {MAX_SPEC_SEED}] (each seed owns its own "
+            f"patient numbers), got {seed}"
+        )
+    if count + with_mr > PATIENTS_PER_SEED:  # radiograph patients, a gap, then the MR ones
+        raise ValueError(
+            f"phantoms:{count} needs {count + with_mr} patient numbers; a seed owns "
+            f"{PATIENTS_PER_SEED} (use fewer patients)"
+        )
+    base = seed * PATIENTS_PER_SEED
     return [
-        PhantomCohort(count - with_mr, seed=seed, xray_views=("AP", "LAT")),
         PhantomCohort(
-            with_mr, seed=seed + 1, first_patient_index=count, xray_views=("AP",), with_mr=True
+            count - with_mr, seed=seed, first_patient_index=base, xray_views=("AP", "LAT")
+        ),
+        PhantomCohort(
+            with_mr,
+            seed=seed + 1,
+            first_patient_index=base + count,
+            xray_views=("AP",),
+            with_mr=True,
         ),
     ]
 

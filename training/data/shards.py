@@ -167,6 +167,9 @@ class ShardImageStream(IterableDataset):
         This process and the number of processes; shards are dealt ``rank::world_size``.
     start : int, optional
         Planes of this reader's sequence to skip (per DataLoader worker when there are several).
+    worker : int, optional
+        Read the share of this DataLoader worker instead of the calling one's (a resumed
+        stream hands each worker the share that comes next in the DataLoader's order).
 
     Raises
     ------
@@ -182,6 +185,7 @@ class ShardImageStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         start: int = 0,
+        worker: int | None = None,
     ) -> None:
         super().__init__()
         self.index = ShardIndex.read(root)
@@ -193,11 +197,16 @@ class ShardImageStream(IterableDataset):
                 "write more, smaller shards"
             )
         self.seed, self.rank, self.world_size, self.start = seed, rank, world_size, start
+        self.worker = worker
 
     def _reader(self) -> tuple[int, int]:
         info = get_worker_info()
         workers = 1 if info is None else info.num_workers
         worker = 0 if info is None else info.id
+        if self.worker is not None:
+            if not 0 <= self.worker < workers:
+                raise ValueError(f"worker must lie in [0, {workers}), got {self.worker}")
+            worker = self.worker
         return self.rank * workers + worker, self.world_size * workers
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 from training.data.corpus import TensorCorpus
 
-__all__ = ["PatientSplit", "patient_order", "patient_subset", "split_by_patient"]
+__all__ = [
+    "PatientSplit",
+    "check_disjoint_patients",
+    "patient_order",
+    "patient_subset",
+    "split_by_patient",
+]
 
 
 def _rank(seed: int, patient_id: str) -> bytes:
@@ -84,3 +90,25 @@ def split_by_patient(
     parts = (ordered[:n_train], ordered[n_train : n_train + n_val], ordered[n_train + n_val :])
     val, test = (corpus.for_patients(ids) if ids else None for ids in parts[1:])
     return PatientSplit(train=corpus.for_patients(parts[0]), val=val, test=test)
+
+
+def check_disjoint_patients(
+    train: TensorCorpus,
+    val: TensorCorpus,
+    *,
+    names: tuple[str, str] = ("training data", "validation data"),
+) -> None:
+    """Refuse two corpora that share a patient (validation on training patients says nothing).
+
+    Raises
+    ------
+    ValueError
+        Naming how many patients are shared and a few of them.
+    """
+    shared = sorted(set(train.patients()) & set(val.patients()))
+    if shared:
+        shown = ", ".join(shared[:3]) + (", ..." if len(shared) > 3 else "")
+        raise ValueError(
+            f"{names[0]} and {names[1]} share {len(shared)} patient(s) ({shown}); validation "
+            "needs patients training never saw (phantoms:N:SEED: give each its own SEED)"
+        )

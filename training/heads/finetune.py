@@ -12,6 +12,10 @@ Both modes train the node's :class:`~ortho_node.model.head_module.TaskHead` modu
 AdamW with linear warm-up and cosine decay; gradient clipping; optional bf16 autocast. With a
 validation split, the epoch with the lowest validation loss is kept and temperatures are
 calibrated on it (:mod:`training.heads.calibrate`).
+
+The result records how many training and validation samples fed each head (a requested head
+with no labelled sample keeps its initial weights and must not be exported as trained) and
+whether any sample was a phantom (:func:`training.data.corpus.has_phantoms`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ortho_node.model.encoder import OrthoEncoder
 from ortho_node.model.heads import HeadSpec
 from ortho_node.model.manifest import IMAGENET_MEAN, IMAGENET_STD
 from training.augment import generator_for
-from training.data.corpus import TensorCorpus, to_model_input
+from training.data.corpus import TensorCorpus, has_phantoms, to_model_input
 from training.heads.batches import HeadBatch, make_batch, sample_fits, samples_for_heads
 from training.heads.calibrate import fit_temperature
 from training.heads.losses import task_loss
@@ -43,6 +47,7 @@ __all__ = [
     "HeadPredictions",
     "TrainedHeads",
     "extract_features",
+    "head_sample_counts",
     "predict_heads",
     "train_heads",
 ]
@@ -135,12 +140,23 @@ class HeadPredictions:
 
 @dataclass
 class TrainedHeads:
-    """The result of :func:`train_heads`."""
+    """The result of :func:`train_heads`.
+
+    ``train_samples`` / ``val_samples``: samples that fed each head (0: the head never saw a
+    label). ``synthetic``: some training or validation sample was a phantom.
+    """
 
     model: HeadedEncoder
     temperatures: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
+    train_samples: dict[str, int] = field(default_factory=dict)
+    val_samples: dict[str, int] = field(default_factory=dict)
+    synthetic: bool = False
+
+    def unlabelled(self) -> list[str]:
+        """Heads no training sample fed (they keep their initial weights)."""
+        return [name for name in self.model.specs if not self.train_samples.get(name)]
 
     def calibrated_specs(self) -> dict[str, HeadSpec]:
         """Each head's spec with its fitted temperature (1.0 where none was fitted)."""
@@ -323,6 +339,14 @@ def predict_heads(
     return result
 
 
+def head_sample_counts(corpus: TensorCorpus | None, specs: Sequence[HeadSpec]) -> dict[str, int]:
+    """Samples of ``corpus`` that feed each head (labelled for it, of its modality and view)."""
+    return {
+        spec.name: 0 if corpus is None else sum(sample_fits(spec, s) for s in corpus)
+        for spec in specs
+    }
+
+
 def _validation_loss(predictions: Mapping[str, HeadPredictions]) -> float:
     return float(sum(float(task_loss(p.spec, p.logits, p.targets)) for p in predictions.values()))
 
@@ -375,6 +399,9 @@ def train_heads(
     set_idx = samples_for_heads(train, specs, mri=True)
     if not image_idx and not set_idx:
         raise ValueError(f"no training sample is labelled for {[s.name for s in specs]}")
+    train_counts = head_sample_counts(train, specs)
+    if log is not None and not all(train_counts.values()):
+        log.write("heads_unlabelled", heads=[n for n, c in train_counts.items() if not c])
     linear = config.mode == "linear"
     model.encoder.requires_grad_(not linear)
     train_features = None
@@ -515,7 +542,14 @@ def train_heads(
         if log is not None:
             log.write("calibration", temperatures=temperatures, best_epoch=best_epoch)
     return TrainedHeads(
-        model=model, temperatures=temperatures, history=history, best_epoch=best_epoch
+        model=model,
+        temperatures=temperatures,
+        history=history,
+        best_epoch=best_epoch,
+        train_samples=train_counts,
+        val_samples=head_sample_counts(val, specs),
+        # Validation data shapes the weights too (epoch choice, temperatures).
+        synthetic=has_phantoms(train) or (val is not None and has_phantoms(val)),
     )
 
 

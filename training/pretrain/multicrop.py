@@ -226,8 +226,10 @@ class StreamingMultiCrop(IterableDataset):
     """Multi-crop batches of ``batch_size / world_size`` images streamed from a shard folder.
 
     ``start_step`` batches already consumed (per process) are skipped when iterating, for
-    resuming. With DataLoader workers, batch ``j`` comes from worker ``j mod workers`` (the
-    DataLoader's round-robin order), so each worker skips its own share.
+    resuming. With ``W`` DataLoader workers, batch ``j`` of a run comes from worker ``j mod W``
+    (the DataLoader's round-robin order). A resumed DataLoader asks worker 0 first, but batch
+    ``start_step`` belongs to worker ``start_step mod W``, so worker ``w`` of a resumed run
+    streams the share of worker ``(start_step + w) mod W``, from that share's next batch.
     """
 
     def __init__(
@@ -253,13 +255,16 @@ class StreamingMultiCrop(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        skipped_batches = max(0, (self.start_step - worker + workers - 1) // workers)
+        # Resumed position w holds batch start_step + w: that batch's worker's share, whose
+        # (start_step + w) // W earlier batches were used before the restart.
+        skipped_batches, role = divmod(self.start_step + worker, workers)
         stream = ShardImageStream(
             self.root,
             seed=self.seed,
             rank=self.rank,
             world_size=self.world_size,
             start=skipped_batches * self.share,
+            worker=role,
         )
         reader, _ = stream._reader()
         pending: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
