@@ -139,7 +139,8 @@ def serve(
     from ortho_node.node import Node
 
     overrides = _cli_overrides(
-        var_dir=var_dir, port=port, ae_title=ae_title, http_port=http_port, database_url=database_url, broker_url=broker_url
+        var_dir=var_dir, port=port, ae_title=ae_title, http_port=http_port,
+        database_url=database_url, broker_url=broker_url,
     )
     settings = _settings(**overrides)
     if worker if worker is not None else settings.worker.embedded:
@@ -411,7 +412,10 @@ def jobs_list(
     for column in ("job", "study", "state", "revision", "attempts", "created", "reason"):
         table.add_column(column)
     for line in lines:
-        table.add_row(str(line.job_id), line.study, line.state, "-" if line.revision is None else str(line.revision), str(line.attempts), line.created_at, line.reason or "")
+        revision = "-" if line.revision is None else str(line.revision)
+        table.add_row(
+            str(line.job_id), line.study, line.state, revision, str(line.attempts), line.created_at, line.reason or ""
+        )
     console.print(table)
 
 

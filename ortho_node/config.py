@@ -489,7 +489,8 @@ def _check_sqlalchemy_url(url: str, field: str) -> None:
     try:
         make_url(url).get_dialect().import_dbapi()  # the driver too: a mysql:// URL without one
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise ValueError(f"{field} is not a database URL this node can use ({type(exc).__name__}: {mask_url(str(exc))})") from None
+        detail = f"{type(exc).__name__}: {mask_url(str(exc))}"
+        raise ValueError(f"{field} is not a database URL this node can use ({detail})") from None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -519,7 +520,9 @@ def describe_validation_error(exc: Exception) -> str:
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<user>[^:/@]*):(?P<pw>[^@]*)@", re.IGNORECASE)
 # query parameters drivers and services read secrets from (psycopg, redis-py: ?password=)
-_URL_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|access_token|token|api_key|apikey)=)[^&#]*", re.IGNORECASE)
+_URL_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](?:password|passwd|pwd|access_token|token|api_key|apikey)=)[^&#]*", re.IGNORECASE
+)
 
 
 def mask_url(url: str) -> str:

@@ -215,9 +215,10 @@ def conformance_statement(settings: Settings) -> str:
         " supported), one whose transfer syntax is not in the SCP's table with 0xC122 (Referenced"
         " Transfer Syntax not supported); an instance whose SOP Instance UID is already stored in"
         " another study or series, or whose series belongs to another study, fails with 0xA900, as"
-        " in the C-STORE table. Retrieve URL (0008,1190) is present and empty (no WADO-RS); the Referenced"
-        " and Failed SOP Sequences are present only when they have items. A request refused as a whole (401 token, 413 size,"
-        " 415 media type, 400 unreadable multipart) is answered with RFC 9457 problem details"
+        " in the C-STORE table. Retrieve URL (0008,1190) is present and empty (no WADO-RS); the"
+        " Referenced and Failed SOP Sequences are present only when they have items. A request"
+        " refused as a whole (401 token, 413 size, 415 media type, 400 unreadable multipart) is"
+        " answered with RFC 9457 problem details"
         " (`application/problem+json`: type, title, status, detail), as are the admin API's errors.",
         "",
         "STOW-RS user agent (destinations of kind `stow`; basic or bearer authentication) for the"

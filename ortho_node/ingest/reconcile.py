@@ -89,7 +89,12 @@ def _sha256(path: Path) -> str:
 
 
 def index_stored_file(
-    store: InstanceStore, indexer: Indexer, relative: str, *, calling_ae: str | None = None, source: str = RECOVERED_SOURCE
+    store: InstanceStore,
+    indexer: Indexer,
+    relative: str,
+    *,
+    calling_ae: str | None = None,
+    source: str = RECOVERED_SOURCE,
 ) -> None:
     """Index one stored file from its own content (idempotent: an indexed one is left as it is).
 

@@ -78,11 +78,14 @@ def newer_job(db: Database, job_id: int) -> int | None:
     with db.session() as session:
         study_id = select(Job.study_id).where(Job.id == job_id).scalar_subquery()
         return session.scalar(
-            select(func.max(Job.id)).where(Job.study_id == study_id, Job.id > job_id, Job.state.in_(_SUPERSEDING_STATES))
+            select(func.max(Job.id))
+            .where(Job.study_id == study_id, Job.id > job_id, Job.state.in_(_SUPERSEDING_STATES))
         )
 
 
-def supersede(db: Database, job_id: int, *, by: int, states: Sequence[JobState] = (JobState.QUEUED, JobState.RUNNING)) -> bool:
+def supersede(
+    db: Database, job_id: int, *, by: int, states: Sequence[JobState] = (JobState.QUEUED, JobState.RUNNING)
+) -> bool:
     """End ``job_id`` as superseded by job ``by``, if it is still in one of ``states``."""
     with db.session() as session:
         done = session.execute(
@@ -275,5 +278,8 @@ def requeue_stale(
                 session.add(event)
                 (requeued if values["state"] == JobState.QUEUED.value else failed).append(job_id)
     if requeued or failed:
-        log.warning("%d job(s) with a silent worker: %d requeued, %d failed", len(requeued) + len(failed), len(requeued), len(failed))
+        log.warning(
+            "%d job(s) with a silent worker: %d requeued, %d failed",
+            len(requeued) + len(failed), len(requeued), len(failed),
+        )
     return requeued

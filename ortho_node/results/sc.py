@@ -14,10 +14,11 @@ A side R or L goes into the series' Laterality when every capture of the study s
 else into each capture's Image Laterality (Laterality is a series attribute: the knees of a
 bilateral study on separate images do not share one); "B" is always Image Laterality, as the
 series attribute has no "both"; an unknown side leaves Laterality empty. Body Part Examined,
-also a series attribute, is copied only where every capture's source names the same part. Patient Orientation is copied from the source, else derived from Image
-Orientation (Patient) (the dominant patient direction of the row and column axes; the SC has
-the source's pixel grid, enlarged by an integer factor); when neither exists it is left empty
-(Type 2C, zero length: unknown orientation is not guessed).
+also a series attribute, is copied only where every capture's source names the same part.
+Patient Orientation is copied from the source, else derived from Image Orientation (Patient)
+(the dominant patient direction of the row and column axes; the SC has the source's pixel grid,
+enlarged by an integer factor); when neither exists it is left empty (Type 2C, zero length:
+unknown orientation is not guessed).
 """
 
 from __future__ import annotations
