@@ -211,20 +211,34 @@ def test_a_report_settles_each_object_and_the_last_attempt_dead_letters(knee_res
     assert len(rows) == len(built) >= 2
     with db.session() as session:
         session.execute(update(Delivery).values(state=DeliveryState.COMMITTING.value, sent_at=utcnow(), attempts=1))
-        session.execute(update(Delivery).where(Delivery.id == rows[-1].id).values(attempts=2))
-    transaction_uid = commitment.begin(db, [r.id for r in rows])
     sr_uid, *others = _uids(db)
-    report = CommitmentReport(
-        transaction_uid,
-        committed=(ObjectRef(str(built.sr.SOPClassUID), sr_uid),),
-        failed=tuple(FailedObject(ObjectRef(SC, u), 0x0213) for u in others),
-    )
-    assert commitment.record_report(db, settings, report, "TESTPACS") == {"committed": 1, "retry": len(others) - 1, "dead": 1}
+
+    def report_on(row_ids: list[int], committed: tuple[ObjectRef, ...]) -> dict:
+        transaction_uid = commitment.begin(db, row_ids)
+        report = CommitmentReport(
+            transaction_uid, committed=committed, failed=tuple(FailedObject(ObjectRef(SC, u), 0x0213) for u in others)
+        )
+        return commitment.record_report(db, settings, report, "TESTPACS")
+
+    # first attempt: the SR committed, the captures reported missing with an attempt left: pending
+    assert report_on([r.id for r in rows], (ObjectRef(str(built.sr.SOPClassUID), sr_uid),)) == {
+        "committed": 1, "retry": len(others), "dead": 0,
+    }
     after = deliveries(db)
     assert after[0].state == DeliveryState.SENT.value and after[0].committed_at is not None
-    assert after[-1].state == DeliveryState.DEAD.value
-    assert "resource limitation (0x0213)" in after[-1].last_error
-    assert all(r.state == DeliveryState.PENDING.value for r in after[1:-1])
+    for row in after[1:]:
+        assert row.state == DeliveryState.PENDING.value and row.next_attempt_at > utcnow()
+        assert "resource limitation (0x0213)" in row.last_error
+    # their last attempt, sent again and reported missing again: dead letters
+    with db.session() as session:
+        session.execute(
+            update(Delivery).where(Delivery.id.in_([r.id for r in after[1:]]))
+            .values(state=DeliveryState.COMMITTING.value, attempts=2)
+        )
+    assert report_on([r.id for r in after[1:]], ()) == {"committed": 0, "retry": 0, "dead": len(others)}
+    final = deliveries(db)
+    assert final[0].state == DeliveryState.SENT.value
+    assert all(r.state == DeliveryState.DEAD.value and "0x0213" in r.last_error for r in final[1:])
     db.dispose()
 
 

@@ -109,6 +109,10 @@ def test_the_sop_class_is_checked_from_the_data_set_when_the_file_meta_lacks_it(
     (failed,) = answer.json()[FAILED_SOP_SEQUENCE]["Value"]
     assert failed[FAILURE_REASON]["Value"] == [0x0122]
     assert not stored_files(settings)
+    # and a storage class read from the data set is stored: the class did come from there
+    stored = post(client, part10(meta_sop_class=""))
+    assert stored.status_code == 200, stored.json()
+    assert len(stored_files(settings)) == 1
 
 
 def test_a_partly_refused_request_stores_the_rest_with_202(client: TestClient, settings: Settings) -> None:
