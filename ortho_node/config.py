@@ -108,16 +108,18 @@ class DimseSettings(_Section):
     """
 
     ae_title: str = "ORTHO"
-    host: str = "0.0.0.0"
+    host: str = Field("0.0.0.0", description="address the DIMSE SCP listens on")
     port: int = Field(11112, ge=1, le=65535)
-    max_associations: int = Field(16, ge=1, le=1000)
+    max_associations: int = Field(
+        16, ge=1, le=1000, description="associations served at once; one more is rejected (transient)"
+    )
     max_pdu: int = Field(0, ge=0)
     allowed_callers: tuple[AllowedCaller, ...] = ()
-    require_called_ae_title: bool = False
+    require_called_ae_title: bool = Field(False, description="reject associations not addressed to ae_title")
     tls: TlsSettings | None = None
-    acse_timeout_s: float = Field(30.0, gt=0)
-    dimse_timeout_s: float = Field(60.0, gt=0)
-    network_timeout_s: float = Field(60.0, gt=0)
+    acse_timeout_s: float = Field(30.0, gt=0, description="association negotiation and release, seconds")
+    dimse_timeout_s: float = Field(60.0, gt=0, description="waiting for a DIMSE message within an association")
+    network_timeout_s: float = Field(60.0, gt=0, description="an idle association is aborted after this long")
     idle_poll_delay_s: float = Field(
         0.001,
         ge=0,
@@ -231,7 +233,9 @@ class DimseDestination(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    calling_ae_title: str | None = None
+    calling_ae_title: str | None = Field(
+        None, description="the node's AE title towards this PACS; default dimse.ae_title"
+    )
     tls: TlsSettings | None = None
     storage_commitment: bool = Field(
         False,
@@ -268,7 +272,7 @@ class StowDestination(_Section):
     username: str | None = None
     password: SecretStr | None = None
     bearer_token: SecretStr | None = None
-    verify_tls: bool = True
+    verify_tls: bool = Field(True, description="check the server's TLS certificate (https)")
     verify_stored: bool = Field(
         False,
         description="after each STOW-RS request, read the result series back by QIDO-RS and count as "
@@ -288,10 +292,12 @@ class StowDestination(_Section):
 class DeliverySettings(_Section):
     """Retry policy for result delivery."""
 
-    max_attempts: int = Field(6, ge=1)
-    backoff_initial_s: float = Field(5.0, gt=0)
-    backoff_max_s: float = Field(600.0, gt=0)
-    include_key_objects: bool = False
+    max_attempts: int = Field(6, ge=1, description="sends of an object to a destination before it is dead-lettered")
+    backoff_initial_s: float = Field(5.0, gt=0, description="wait after the first failed send, doubled after each")
+    backoff_max_s: float = Field(600.0, gt=0, description="longest wait between sends")
+    include_key_objects: bool = Field(
+        False, description="also send a Key Object Selection of the key images and results"
+    )
     association_idle_s: float = Field(
         5.0,
         ge=0,
@@ -315,7 +321,7 @@ class WorkerSettings(_Section):
     """Model workers."""
 
     bundle: Path | None = Field(None, description="model bundle directory; default: the packaged demo bundle")
-    device: str = "cpu"
+    device: str = Field("cpu", description="where the encoder runs: cpu, cuda, cuda:N or mps")
     concurrency: int = Field(1, ge=1, le=64, description="jobs at a time: threads, or child processes with pool prefork")
     pool: Literal["threads", "prefork"] = Field(
         "threads",
@@ -323,8 +329,8 @@ class WorkerSettings(_Section):
         "process per job slot, each with its own model, so that preparation (Python, one core per "
         "process) uses a many-core GPU host",
     )
-    max_batch: int = Field(32, ge=1)
-    max_wait_ms: float = Field(20.0, ge=0)
+    max_batch: int = Field(32, ge=1, description="images (radiographs or MR slices) per encoder forward, across jobs")
+    max_wait_ms: float = Field(20.0, ge=0, description="how long a forward waits for more images to join its batch")
     compile: bool = Field(
         False,
         description="torch.compile the encoder, paid at worker start: on a CPU frozen weights, one graph "
@@ -342,7 +348,9 @@ class WorkerSettings(_Section):
     )
     embedded: bool = Field(True, description="serve starts a worker process itself")
     job_lease_s: float = Field(900.0, gt=0, description="a running job silent this long is requeued")
-    max_attempts: int = Field(3, ge=1)
+    max_attempts: int = Field(
+        3, ge=1, description="runs of a job (transient errors, lost workers) before it fails; deliveries have their own"
+    )
 
     @field_validator("device")
     @classmethod
@@ -375,7 +383,9 @@ class Settings(BaseSettings):
     dimse: DimseSettings = DimseSettings()
     http: HttpSettings = HttpSettings()
     stable_age: StableAge = StableAge()
-    assembler_interval_s: float = Field(1.0, gt=0, le=60)
+    assembler_interval_s: float = Field(
+        1.0, gt=0, le=60, description="how often serve looks for studies that became stable"
+    )
     routing: RoutingSettings = RoutingSettings()
     destinations: tuple[DimseDestination | StowDestination, ...] = ()
     delivery: DeliverySettings = DeliverySettings()
