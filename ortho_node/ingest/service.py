@@ -115,13 +115,11 @@ class IngestService:
         if put.conflict:
             # The stored original may never have been indexed: its index write failed (0xA702)
             # and the sender retried with other bytes (e.g. another transfer syntax). Index it
-            # from the file before acknowledging, or this instance is acknowledged and lost.
-            original = self.store.relative_path(
-                study_uid=header.study_instance_uid,
-                series_uid=header.series_instance_uid,
-                sop_instance_uid=header.sop_instance_uid,
+            # from the file (put's path: the original's) before acknowledging, or this instance is
+            # acknowledged and lost.
+            index_stored_file(
+                self.store, self.indexer, put.relative_path, calling_ae=item.calling_ae, source=item.source
             )
-            index_stored_file(self.store, self.indexer, original, calling_ae=item.calling_ae, source=item.source)
             return IngestResult(IngestOutcome.CONFLICT, header, study_id=None, relative_path=put.relative_path)
         try:
             indexed = self.indexer.record_instance(
